@@ -1,0 +1,146 @@
+//! `GET /api/v1/ws`: the live feed as typed JSON text frames.
+//!
+//! A client may narrow the feed with query parameters (`types`, `node_id`,
+//! `camera_id`, `label`, `min_score`) or by sending a filter object at any
+//! time. A client too slow to keep up gets a `{"type":"lagged"}` frame with
+//! the number of events it missed and stays connected.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::AppState;
+use crate::live::LiveEvent;
+
+/// What a client wants to see; empty means everything.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveFilter {
+    /// Comma-separated in the query string, a list in a filter message.
+    #[serde(default, deserialize_with = "comma_or_list")]
+    pub types: Option<Vec<String>>,
+    pub node_id: Option<String>,
+    pub camera_id: Option<String>,
+    pub label: Option<String>,
+    pub min_score: Option<f32>,
+    /// Ignored here: the auth layer reads it.
+    #[serde(default, rename = "access_token")]
+    _access_token: Option<String>,
+}
+
+fn comma_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => None,
+        Some(Raw::One(s)) => Some(
+            s.split(',')
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        ),
+        Some(Raw::Many(v)) => Some(v),
+    })
+}
+
+impl LiveFilter {
+    pub fn matches(&self, e: &LiveEvent) -> bool {
+        if let Some(types) = &self.types {
+            if !types.iter().any(|t| t == e.kind()) {
+                return false;
+            }
+        }
+        if let Some(node) = &self.node_id {
+            if e.node_id() != Some(node.as_str()) {
+                return false;
+            }
+        }
+        match e {
+            LiveEvent::Detection(d) => {
+                self.camera_id.as_ref().is_none_or(|c| *c == d.camera_id)
+                    && self.label.as_ref().is_none_or(|l| *l == d.label)
+                    && self.min_score.is_none_or(|m| d.score >= m)
+            }
+            _ => true,
+        }
+    }
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(filter): Query<LiveFilter>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let rx = state.live.subscribe();
+    ws.on_upgrade(move |socket: WebSocket| async move {
+        metrics::gauge!("edgeqi_ws_clients").increment(1.0);
+        let (sink, stream) = socket.split();
+        serve(sink, stream, rx, filter).await;
+        metrics::gauge!("edgeqi_ws_clients").decrement(1.0);
+    })
+}
+
+/// The per-client loop, generic over the socket halves so tests can use channels.
+pub async fn serve<S, R>(
+    mut sink: S,
+    mut stream: R,
+    mut rx: broadcast::Receiver<LiveEvent>,
+    mut filter: LiveFilter,
+) where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let hello = json!({"type": "hello", "data": {"protocol": 1, "filter": describe(&filter)}});
+    if sink
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let outgoing = tokio::select! {
+            event = rx.recv() => match event {
+                Ok(e) if filter.matches(&e) => serde_json::to_string(&e).ok(),
+                Ok(_) => None,
+                Err(RecvError::Lagged(missed)) => {
+                    metrics::counter!("edgeqi_ws_lagged_total").increment(1);
+                    tracing::warn!(missed, "WebSocket client lagged");
+                    Some(json!({"type": "lagged", "data": {"missed": missed}}).to_string())
+                }
+                Err(RecvError::Closed) => return,
+            },
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(t))) => Some(match serde_json::from_str::<LiveFilter>(&t) {
+                    Ok(f) => {
+                        filter = f;
+                        json!({"type": "subscribed", "data": {"filter": describe(&filter)}}).to_string()
+                    }
+                    Err(e) => json!({"type": "error", "data": {"message": format!("bad filter: {e}")}}).to_string(),
+                }),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => None,
+            },
+        };
+        if let Some(text) = outgoing {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn describe(f: &LiveFilter) -> serde_json::Value {
+    json!({
+        "types": f.types, "node_id": f.node_id, "camera_id": f.camera_id,
+        "label": f.label, "min_score": f.min_score,
+    })
+}

@@ -1,0 +1,276 @@
+//! The aggregator's configuration: TOML file, then environment, then flags.
+//!
+//! Every key is documented in `configs/aggregator.toml`; every problem in the
+//! file and flags is reported at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edgeqi_shared::config::{ByteSize, ConfigDoc, ConfigErrors, HumanDuration};
+use edgeqi_shared::protocol::DEFAULT_MAX_PAYLOAD_BYTES;
+
+const fn default_http_listen() -> SocketAddr {
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080)
+}
+const fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 1883)
+}
+fn default_database_url() -> String {
+    "sqlite://./data/edgeqi.db".into()
+}
+fn default_client_id() -> String {
+    "edgeqi-aggregator".into()
+}
+const fn default_keep_alive() -> Duration {
+    Duration::from_secs(15)
+}
+const fn default_live_buffer() -> usize {
+    4096
+}
+const fn default_node_sweep() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Where MQTT traffic comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerMode {
+    /// Run rumqttd in-process, listening here.
+    Embedded { listen: SocketAddr },
+    /// Connect to an existing broker (`mqtt://host:port` or `mqtts://…`).
+    External { url: String },
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct AggregatorConfig {
+    pub http_listen: SocketAddr,
+    pub database_url: String,
+    pub broker: BrokerMode,
+    pub mqtt_client_id: String,
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
+    pub mqtt_keep_alive: Duration,
+    /// Largest MQTT packet accepted by the broker and the ingest client, and
+    /// the payload size limit of ingest.
+    pub max_packet_size: usize,
+    pub live_buffer: usize,
+    pub node_sweep_interval: Duration,
+    pub admin_token: Option<String>,
+    pub log_format: String,
+}
+
+impl std::fmt::Debug for AggregatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregatorConfig")
+            .field("http_listen", &self.http_listen)
+            .field(
+                "database_url",
+                &crate::store::redact_url(&self.database_url),
+            )
+            .field("broker", &self.broker)
+            .field("mqtt_client_id", &self.mqtt_client_id)
+            .field("mqtt_username", &self.mqtt_username)
+            .field("mqtt_password", &self.mqtt_password.as_ref().map(|_| "***"))
+            .field("max_packet_size", &self.max_packet_size)
+            .field("live_buffer", &self.live_buffer)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Values given on the command line or in `EDGEQI_…` variables; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub http_listen: Option<String>,
+    pub mqtt_listen: Option<String>,
+    pub mqtt_url: Option<String>,
+    pub database_url: Option<String>,
+    pub log_format: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+/// A flag (or its environment variable) wins over the file's value.
+fn prefer(flag: &Option<String>, from_file: Option<String>) -> Option<String> {
+    flag.clone().or(from_file)
+}
+
+impl AggregatorConfig {
+    pub fn load(o: &Overrides) -> Result<Self, ConfigErrors> {
+        let mut doc = match &o.config {
+            Some(path) => ConfigDoc::load(path)?,
+            None => ConfigDoc::empty("aggregator configuration"),
+        };
+        let parse_addr =
+            |doc: &mut ConfigDoc, key: &str, flag: &Option<String>| -> Option<SocketAddr> {
+                // Read the file key even when a flag wins, so it is not reported as unknown.
+                let from_file = doc.get::<String>(key);
+                let raw = flag.clone().or(from_file)?;
+                match raw.parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        doc.problem(key, format!("{raw:?} is not an address like 0.0.0.0:8080"));
+                        None
+                    }
+                }
+            };
+        let http_listen =
+            parse_addr(&mut doc, "http_listen", &o.http_listen).unwrap_or(default_http_listen());
+        let mqtt_listen =
+            parse_addr(&mut doc, "mqtt.listen", &o.mqtt_listen).unwrap_or(default_mqtt_listen());
+        let mqtt_url = prefer(&o.mqtt_url, doc.get::<String>("mqtt.url")).filter(|u| !u.is_empty());
+        if let Some(url) = &mqtt_url {
+            if let Err(e) = edgeqi_shared::MqttEndpoint::parse(url) {
+                doc.problem("mqtt.url", e);
+            }
+        }
+        let database_url = prefer(&o.database_url, doc.get::<String>("database_url"))
+            .unwrap_or_else(default_database_url);
+        if !database_url.starts_with("sqlite://") {
+            doc.problem(
+                "database_url",
+                format!(
+                    "{:?} is not supported by this build: use sqlite://PATH",
+                    crate::store::redact_url(&database_url)
+                ),
+            );
+        }
+        let mqtt_client_id = doc
+            .get_checked::<String>("mqtt.client_id", |s| {
+                if edgeqi_shared::topic::is_valid_node_id(s) {
+                    Ok(())
+                } else {
+                    Err("must match [A-Za-z0-9_-]{1,64}".into())
+                }
+            })
+            .unwrap_or_else(default_client_id);
+        let mqtt_username = doc.get::<String>("mqtt.username");
+        let mqtt_password = doc.get::<String>("mqtt.password");
+        let mqtt_keep_alive = doc
+            .get_checked::<HumanDuration>("mqtt.keep_alive", |d| {
+                if d.0 >= Duration::from_secs(5) {
+                    Ok(())
+                } else {
+                    Err("must be at least 5s".into())
+                }
+            })
+            .map_or(default_keep_alive(), |d| d.0);
+        let max_packet_size = doc
+            .get_checked::<ByteSize>("mqtt.max_packet_size", |b| {
+                if (64 * 1024..=256 * 1024 * 1024).contains(&b.0) {
+                    Ok(())
+                } else {
+                    Err("must be between 64KiB and 256MiB".into())
+                }
+            })
+            .map_or(DEFAULT_MAX_PAYLOAD_BYTES, |b| b.0 as usize);
+        let live_buffer = doc
+            .get_checked::<usize>("live.buffer", |n| {
+                if (16..=1_000_000).contains(n) {
+                    Ok(())
+                } else {
+                    Err("must be 16..=1000000".into())
+                }
+            })
+            .unwrap_or(default_live_buffer());
+        let node_sweep_interval = doc
+            .get::<HumanDuration>("nodes.sweep_interval")
+            .map_or(default_node_sweep(), |d| d.0);
+        let log_format =
+            prefer(&o.log_format, doc.get::<String>("log_format")).unwrap_or_else(|| "text".into());
+        if !matches!(log_format.as_str(), "text" | "json") {
+            doc.problem("log_format", format!("{log_format:?} must be text or json"));
+        }
+        doc.finish()?;
+        Ok(Self {
+            http_listen,
+            database_url,
+            broker: match mqtt_url {
+                Some(url) => BrokerMode::External { url },
+                None => BrokerMode::Embedded {
+                    listen: mqtt_listen,
+                },
+            },
+            mqtt_client_id,
+            mqtt_username,
+            mqtt_password,
+            mqtt_keep_alive,
+            max_packet_size,
+            live_buffer,
+            node_sweep_interval,
+            admin_token: o.admin_token.clone().filter(|t| !t.is_empty()),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let c = AggregatorConfig::load(&Overrides::default()).expect("defaults");
+        assert_eq!(
+            c.broker,
+            BrokerMode::Embedded {
+                listen: default_mqtt_listen()
+            }
+        );
+        assert_eq!(c.database_url, "sqlite://./data/edgeqi.db");
+        assert_eq!(c.max_packet_size, 1 << 20);
+    }
+
+    #[test]
+    fn file_flags_and_all_problems() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agg.toml");
+        std::fs::write(
+            &path,
+            "http_listen = \"nowhere\"\n[mqtt]\nurl = \"tcp://x\"\nmax_packet_size = \"1KiB\"\nlisen = 1\n",
+        )
+        .expect("write");
+        let err = AggregatorConfig::load(&Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect_err("bad");
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.clone()).collect();
+        assert_eq!(
+            keys,
+            [
+                "http_listen",
+                "mqtt.url",
+                "mqtt.max_packet_size",
+                "mqtt.lisen"
+            ]
+        );
+
+        // Flags win over the file.
+        std::fs::write(&path, "http_listen = \"127.0.0.1:1\"\n").expect("write");
+        let c = AggregatorConfig::load(&Overrides {
+            config: Some(path),
+            http_listen: Some("127.0.0.1:9".into()),
+            mqtt_url: Some("mqtt://broker:1883".into()),
+            ..Default::default()
+        })
+        .expect("ok");
+        assert_eq!(c.http_listen.port(), 9);
+        assert_eq!(
+            c.broker,
+            BrokerMode::External {
+                url: "mqtt://broker:1883".into()
+            }
+        );
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let c = AggregatorConfig::load(&Overrides {
+            admin_token: Some("tok-secret".into()),
+            ..Default::default()
+        })
+        .expect("ok");
+        assert!(!format!("{c:?}").contains("tok-secret"));
+    }
+}

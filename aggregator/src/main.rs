@@ -1,0 +1,215 @@
+//! `edgeqi-aggregator`: embedded (or external) MQTT broker, ingest with
+//! end-to-end acks, storage, REST API and live WebSocket feed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+
+use edgeqi_aggregator::config::{AggregatorConfig, BrokerMode, Overrides};
+use edgeqi_aggregator::{api, broker, ingest, live, store};
+
+/// EdgeQI aggregator: receives detections and heartbeats from edge agents over
+/// MQTT, stores them, acknowledges them end to end, and serves the REST API
+/// and live WebSocket feed.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file (see configs/aggregator.toml).
+    #[arg(long, env = "EDGEQI_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the embedded MQTT broker [key mqtt.listen, default 0.0.0.0:1883].
+    #[arg(long, env = "EDGEQI_MQTT_LISTEN")]
+    mqtt_listen: Option<String>,
+    /// Use this external broker (mqtt://host:port or mqtts://…) instead of the embedded one [key mqtt.url].
+    #[arg(long, env = "EDGEQI_MQTT_URL")]
+    mqtt_url: Option<String>,
+    /// HTTP address for the REST API and WebSocket [key http_listen, default 0.0.0.0:8080].
+    #[arg(long, env = "EDGEQI_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// sqlite://PATH [key database_url, default sqlite://./data/edgeqi.db].
+    #[arg(long, env = "EDGEQI_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Log format: text or json [key log_format].
+    #[arg(long, env = "EDGEQI_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        config: cli.config,
+        http_listen: cli.http_listen,
+        mqtt_listen: cli.mqtt_listen,
+        mqtt_url: cli.mqtt_url,
+        database_url: cli.database_url,
+        log_format: cli.log_format,
+        admin_token: std::env::var("EDGEQI_ADMIN_TOKEN").ok(),
+    };
+    let config = match AggregatorConfig::load(&overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        ?config,
+        version = env!("CARGO_PKG_VERSION"),
+        "starting edgeqi-aggregator"
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let store = store::open(&config.database_url)?;
+    let endpoint = match &config.broker {
+        BrokerMode::Embedded { listen } => {
+            let addr = broker::start_embedded(*listen, config.max_packet_size)?;
+            edgeqi_shared::MqttEndpoint {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                tls: false,
+            }
+        }
+        BrokerMode::External { url } => {
+            edgeqi_shared::MqttEndpoint::parse(url).map_err(anyhow::Error::msg)?
+        }
+    };
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {} (choose another --http-listen)",
+                config.http_listen
+            )
+        })?;
+    let http_addr = http.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let live = live::LiveBus::new(config.live_buffer);
+    let health = Arc::new(ingest::IngestHealth::default());
+    let settings = ingest::IngestSettings {
+        endpoint: endpoint.clone(),
+        client_id: config.mqtt_client_id.clone(),
+        username: config.mqtt_username.clone(),
+        password: config.mqtt_password.clone(),
+        keep_alive: config.mqtt_keep_alive,
+        max_packet_size: config.max_packet_size,
+    };
+    let ingest_task = tokio::spawn(ingest::run(
+        settings,
+        store.clone(),
+        live.clone(),
+        health.clone(),
+        shutdown_rx.clone(),
+    ));
+    let sweep_task = tokio::spawn(ingest::sweep_nodes(
+        store.clone(),
+        live.clone(),
+        config.node_sweep_interval,
+        shutdown_rx.clone(),
+    ));
+
+    let app = api::router(api::AppState {
+        store,
+        live,
+        ingest: health,
+        admin_token: config.admin_token.as_deref().map(Arc::from),
+        metrics: Some(metrics),
+    });
+    tracing::info!(http = %http_addr, mqtt = %endpoint, auth = config.admin_token.is_some(), "aggregator ready");
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let watchdog = tokio::spawn(systemd_watchdog());
+
+    let mut stop = shutdown_rx.clone();
+    let server = axum::serve(http, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let server_task = tokio::spawn(async move { server.await });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let _ = shutdown_tx.send(true);
+    watchdog.abort();
+    let _ = ingest_task.await;
+    let _ = sweep_task.await;
+    // WebSocket connections do not end by themselves: do not wait forever.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while the runtime is alive.
+async fn systemd_watchdog() {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_micros(usec / 2));
+    loop {
+        tick.tick().await;
+        notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+    }
+}

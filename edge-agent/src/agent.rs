@@ -1,0 +1,268 @@
+//! The running agent: wires pipelines, batcher, outbox, delivery and uplink
+//! together in one loop, and shuts them down in order.
+//!
+//! One task owns the outbox and the delivery window, so there are no locks
+//! around the ledger. SQLite calls are made inline: they are a few
+//! milliseconds at most, about once per batch or ack.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop the cameras, seal the open batch into
+//! the outbox, give the aggregator up to [`DRAIN_TIMEOUT`] to ack what is
+//! pending, publish `online:false`, disconnect. What stays unacked stays in
+//! the outbox for the next start.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use edgeqi_shared::protocol::{decode, DEFAULT_MAX_PAYLOAD_BYTES};
+use edgeqi_shared::{Ack, Detection};
+use tokio::sync::mpsc;
+use tokio::time::{interval, sleep_until, MissedTickBehavior};
+
+use crate::batcher::Batcher;
+use crate::config::AgentConfig;
+use crate::delivery::{AckResult, Delivery};
+use crate::heartbeat::{AgentState, SystemProbe};
+use crate::outbox::{Appended, Outbox, OutboxError};
+use crate::pipeline::Pipelines;
+use crate::uplink::{Uplink, UplinkEvent};
+use crate::{detect, systemd};
+
+/// How long shutdown waits for pending batches to be acknowledged.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the delivery window checks for ack timeouts and deferred sends.
+const DELIVERY_TICK: Duration = Duration::from_millis(250);
+/// Detections buffered between the cameras and the batcher.
+const DETECTION_CHANNEL: usize = 4096;
+
+struct Agent {
+    config: AgentConfig,
+    outbox: Outbox,
+    delivery: Delivery,
+    uplink: Uplink,
+    batcher: Batcher,
+}
+
+impl Agent {
+    /// Seals `detections` into the outbox and sends it if the window allows.
+    fn store(&mut self, detections: Vec<Detection>) {
+        let n = detections.len();
+        match self.outbox.append(detections) {
+            Ok(Appended::Stored { seq }) => {
+                tracing::debug!(seq, detections = n, "batch stored");
+                self.report(self.delivery.on_appended(&self.outbox, &mut self.uplink, Instant::now()));
+            }
+            Ok(Appended::Empty | Appended::Shed { .. }) => {}
+            Err(e) => tracing::error!(error = %e, detections = n,
+                "could not write a batch to the outbox; these detections are lost"),
+        }
+    }
+
+    fn report(&self, r: Result<(), OutboxError>) {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "outbox read failed while sending");
+        }
+    }
+
+    fn handle(&mut self, event: UplinkEvent) {
+        let now = Instant::now();
+        match event {
+            UplinkEvent::Connected => {
+                self.uplink.announce();
+                let backlog = self.outbox.backlog().unwrap_or(0);
+                if backlog > 0 {
+                    tracing::info!(backlog, "sending unacknowledged batches");
+                }
+                self.report(self.delivery.on_connected(&self.outbox, &mut self.uplink, now));
+            }
+            UplinkEvent::Disconnected(_) => self.delivery.on_disconnected(),
+            UplinkEvent::Message { topic, payload } => {
+                if topic != self.uplink.topics().ack {
+                    tracing::debug!(%topic, "ignoring a message on an unexpected topic");
+                    return;
+                }
+                let ack: Ack = match decode(&self.config.node_id, &payload, DEFAULT_MAX_PAYLOAD_BYTES) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        tracing::warn!(%topic, code = reason.code(), %reason, "ignoring a malformed ack");
+                        return;
+                    }
+                };
+                match self.delivery.on_ack(&ack, &mut self.outbox, &mut self.uplink, now) {
+                    Ok(AckResult::Advanced { acked_seq, deleted }) => {
+                        tracing::debug!(acked_seq, deleted, "ack");
+                    }
+                    Ok(AckResult::Stale | AckResult::OtherEpoch) => {}
+                    Err(e) => tracing::error!(error = %e, "could not apply an ack to the outbox"),
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let outbox_path = config.outbox_path();
+    let outbox = Outbox::open(&outbox_path, config.outbox.max_bytes)?;
+    tracing::info!(
+        node_id = %config.node_id,
+        outbox = %outbox_path.display(),
+        epoch = outbox.epoch(),
+        backlog = outbox.backlog()?,
+        "outbox open"
+    );
+    detect::announce(&config);
+    let detector_name = detect::name(&config);
+    if config.cameras.is_empty() {
+        tracing::warn!("no cameras configured: add [[cameras]] to the config or pass --source; only heartbeats will be sent");
+    }
+
+    let (det_tx, mut det_rx) = mpsc::channel(DETECTION_CHANNEL);
+    let pipelines = Pipelines::start(&config, det_tx).context("cannot start camera threads")?;
+
+    crate::uplink::install_crypto_provider();
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let (uplink, uplink_task) = Uplink::connect(&config, ev_tx)?;
+    let delivery = Delivery::new(
+        &config.node_id,
+        &outbox,
+        config.outbox.max_inflight,
+        config.outbox.ack_timeout,
+    )?;
+    let batcher = Batcher::new(config.outbox.batch_max_detections, config.outbox.batch_max_age);
+    let mut probe = SystemProbe::new(&config.data_dir);
+    let mut agent = Agent {
+        config,
+        outbox,
+        delivery,
+        uplink,
+        batcher,
+    };
+    systemd::ready();
+
+    let mut heartbeat = interval(agent.config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut delivery_tick = interval(DELIVERY_TICK);
+    delivery_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let watchdog_every = systemd::watchdog_interval();
+    let mut watchdog = interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut cameras_running = true;
+
+    loop {
+        let deadline = agent.batcher.deadline();
+        tokio::select! {
+            _ = &mut shutdown => break,
+            d = det_rx.recv(), if cameras_running => match d {
+                Some(d) => {
+                    if let Some(batch) = agent.batcher.push(d, Instant::now()) {
+                        agent.store(batch);
+                    }
+                }
+                None => {
+                    tracing::info!("every camera has stopped; still delivering and sending heartbeats");
+                    cameras_running = false;
+                }
+            },
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                let batch = agent.batcher.seal();
+                agent.store(batch);
+            }
+            ev = ev_rx.recv() => match ev {
+                Some(ev) => agent.handle(ev),
+                None => anyhow::bail!("the MQTT event loop stopped unexpectedly"),
+            },
+            _ = delivery_tick.tick() => {
+                let r = agent.delivery.on_tick(&agent.outbox, &mut agent.uplink, Instant::now());
+                agent.report(r);
+            }
+            _ = heartbeat.tick() => {
+                if agent.delivery.is_connected() {
+                    let hb = probe.heartbeat(AgentState {
+                        node_id: &agent.config.node_id,
+                        interval_s: agent.config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
+                        detector: &detector_name,
+                        fps: pipelines.fps(),
+                        outbox: agent.outbox.health().map_err(|e| tracing::warn!(error = %e, "outbox health unavailable")).ok(),
+                        cameras: pipelines.health(),
+                    });
+                    agent.uplink.publish_heartbeat(&hb);
+                }
+            }
+            _ = watchdog.tick(), if watchdog_every.is_some() => systemd::watchdog_ping(),
+        }
+    }
+
+    // Shutdown, in order.
+    systemd::stopping();
+    pipelines.request_stop();
+    // Keep draining so no camera stays blocked on a full channel; the
+    // channel closes once every camera thread has exited.
+    while let Some(d) = det_rx.recv().await {
+        if let Some(batch) = agent.batcher.push(d, Instant::now()) {
+            agent.store(batch);
+        }
+    }
+    if let Err(e) = tokio::task::spawn_blocking(move || pipelines.join()).await {
+        tracing::error!(error = %e, "camera threads did not stop cleanly");
+    }
+    let last = agent.batcher.seal();
+    agent.store(last);
+
+    let until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let mut tick = interval(DELIVERY_TICK);
+    while agent.outbox.backlog().unwrap_or(0) > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            ev = ev_rx.recv() => match ev {
+                Some(ev) => agent.handle(ev),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let r = agent.delivery.on_tick(&agent.outbox, &mut agent.uplink, Instant::now());
+                agent.report(r);
+            }
+        }
+    }
+    let backlog = agent.outbox.backlog().unwrap_or(0);
+    if backlog > 0 {
+        tracing::warn!(backlog, "stopping with unacknowledged batches; they stay in the outbox and are sent at the next start");
+    }
+    agent.uplink.publish_status(false);
+    agent.uplink.disconnect();
+    // Let the event loop flush the status and the disconnect.
+    let mut task = uplink_task;
+    let flushed = tokio::select! {
+        r = &mut task => r.is_ok(),
+        _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+    };
+    if !flushed {
+        tracing::warn!("broker unreachable at shutdown; the last will marks this node offline");
+        task.abort();
+    }
+    tracing::info!(backlog, "stopped");
+    Ok(())
+}

@@ -1,0 +1,945 @@
+//! The agent's configuration: every key, its default, and validation.
+//!
+//! Values come from, highest precedence first: command-line flags, their
+//! `EDGEQI_…` environment variables (clap merges those two), the TOML file,
+//! then the defaults below. [`AgentConfig::load`] reads all of them and reports
+//! every problem in one [`ConfigErrors`], flags included, so a user fixes a
+//! file in one pass.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgeqi_shared::config::{ByteSize, ConfigDoc, ConfigErrors, HumanDuration};
+use edgeqi_shared::protocol::MAX_DETECTIONS_PER_BATCH;
+use edgeqi_shared::topic::is_valid_node_id;
+
+use crate::source::SourceSpec;
+
+/// Where the agent keeps its outbox when nothing else is said.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data/agent")
+}
+pub fn default_mqtt_url() -> String {
+    "mqtt://127.0.0.1:1883".to_owned()
+}
+pub const fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(10)
+}
+pub const fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+pub const fn default_keep_alive() -> Duration {
+    Duration::from_secs(15)
+}
+pub const fn default_max_packet_size() -> u64 {
+    1024 * 1024
+}
+pub const fn default_reconnect_min() -> Duration {
+    Duration::from_millis(500)
+}
+pub const fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+pub const fn default_outbox_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+pub const fn default_batch_max_detections() -> usize {
+    500
+}
+pub const fn default_batch_max_age() -> Duration {
+    Duration::from_secs(1)
+}
+pub const fn default_ack_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+pub const fn default_max_inflight() -> usize {
+    32
+}
+pub const fn default_motion_threshold() -> u8 {
+    25
+}
+pub const fn default_motion_min_area() -> u32 {
+    48
+}
+pub const fn default_motion_analysis_width() -> u32 {
+    320
+}
+pub const fn default_camera_fps() -> f64 {
+    10.0
+}
+
+/// Upper bound for a camera's `fps`: the agent samples, it does not record.
+pub const MAX_CAMERA_FPS: f64 = 60.0;
+/// Largest JSON size of one detection we expect (long ids, every field set);
+/// used to check that a full batch fits `mqtt.max_packet_size`.
+const MAX_DETECTION_JSON_BYTES: u64 = 400;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not a log format (use \"text\" or \"json\")")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Whether the broker connection uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttScheme {
+    Mqtt,
+    Mqtts,
+}
+
+/// A parsed `mqtt://host:port` or `mqtts://host:port` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub scheme: MqttScheme,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let hint = "expected mqtt://HOST:PORT or mqtts://HOST:PORT";
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
+            (MqttScheme::Mqtt, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtts://") {
+            (MqttScheme::Mqtts, rest)
+        } else {
+            return Err(format!("{url:?}: unsupported scheme, {hint}"));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('@') || rest.contains('?') {
+            return Err(format!(
+                "{url:?}: only host and port are allowed (put credentials in mqtt.username / mqtt.password), {hint}"
+            ));
+        }
+        let default_port = match scheme {
+            MqttScheme::Mqtt => 1883,
+            MqttScheme::Mqtts => 8883,
+        };
+        // `[::1]:1883` for IPv6 literals.
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed '[' in IPv6 host, {hint}"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?}: missing host, {hint}"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("{url:?}: port {p:?} is not a number in 1..=65535")),
+            },
+        };
+        Ok(Self {
+            scheme,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.scheme {
+            MqttScheme::Mqtt => "mqtt",
+            MqttScheme::Mqtts => "mqtts",
+        };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A secret that never shows up in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// `[mqtt]`: how to reach the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    pub url: BrokerUrl,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub keep_alive: Duration,
+    pub max_packet_size: u64,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// `[outbox]`: the on-disk ledger and how batches leave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxConfig {
+    pub max_bytes: u64,
+    pub batch_max_detections: usize,
+    pub batch_max_age: Duration,
+    pub ack_timeout: Duration,
+    pub max_inflight: usize,
+}
+
+/// `[motion]`: the motion-blob detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MotionConfig {
+    pub threshold: u8,
+    pub min_area: u32,
+    pub analysis_width: u32,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        Self {
+            threshold: default_motion_threshold(),
+            min_area: default_motion_min_area(),
+            analysis_width: default_motion_analysis_width(),
+        }
+    }
+}
+
+/// One `[[cameras]]` entry (or one `--source`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraConfig {
+    pub id: String,
+    /// The URI as the user wrote it, for messages and `check-config`.
+    pub uri: String,
+    pub source: SourceSpec,
+    pub fps: f64,
+}
+
+/// Everything the agent needs to run, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub model: Option<PathBuf>,
+    pub heartbeat_interval: Duration,
+    pub log_format: LogFormat,
+    pub mqtt: MqttConfig,
+    pub outbox: OutboxConfig,
+    pub motion: MotionConfig,
+    pub cameras: Vec<CameraConfig>,
+}
+
+/// Values given on the command line or in `EDGEQI_…` variables; each wins
+/// over the file's key of the same meaning.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub node_id: Option<String>,
+    pub mqtt_url: Option<String>,
+    pub sources: Vec<String>,
+    pub model: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub heartbeat_interval: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// The node id used when none is configured: this host's name, cut down to
+/// the characters a topic segment allows.
+pub fn default_node_id() -> String {
+    let host = sysinfo::System::host_name().unwrap_or_default();
+    sanitize_node_id(&host)
+}
+
+fn sanitize_node_id(raw: &str) -> String {
+    let id: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if id.is_empty() {
+        "edgeqi-agent".to_owned()
+    } else {
+        id
+    }
+}
+
+fn check_range<T: PartialOrd + fmt::Display + Copy>(
+    lo: T,
+    hi: T,
+    unit: &'static str,
+) -> impl FnOnce(&T) -> Result<(), String> {
+    move |v| {
+        if *v >= lo && *v <= hi {
+            Ok(())
+        } else {
+            Err(format!("{v} is outside {lo}..={hi}{unit}"))
+        }
+    }
+}
+
+fn positive_duration(v: &HumanDuration) -> Result<(), String> {
+    if v.0.is_zero() {
+        Err("must be longer than 0s".into())
+    } else {
+        Ok(())
+    }
+}
+
+const FLAG_NODE_ID: &str = "--node-id / EDGEQI_NODE_ID";
+const FLAG_MQTT_URL: &str = "--mqtt-url / EDGEQI_MQTT_URL";
+const FLAG_SOURCE: &str = "--source / EDGEQI_SOURCE";
+const FLAG_MODEL: &str = "--model / EDGEQI_MODEL";
+const FLAG_HEARTBEAT: &str = "--heartbeat-interval / EDGEQI_HEARTBEAT_INTERVAL";
+const FLAG_LOG_FORMAT: &str = "--log-format / EDGEQI_LOG_FORMAT";
+
+impl AgentConfig {
+    /// Reads the file (if any), applies the overrides and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigErrors> {
+        let doc = match file {
+            Some(path) => ConfigDoc::load(path)?,
+            None => ConfigDoc::empty("configuration (no --config file)"),
+        };
+        Self::from_doc(doc, overrides)
+    }
+
+    /// Reads every key of `doc`; problems with the file and the overrides end
+    /// up in one list.
+    pub fn from_doc(mut doc: ConfigDoc, o: &Overrides) -> Result<Self, ConfigErrors> {
+        // Read every file key first, even the overridden ones, so a typo in the
+        // file is still reported.
+        let file_node_id = doc.get_checked::<String>("node_id", check_node_id);
+        let node_id = match &o.node_id {
+            Some(id) => {
+                if let Err(e) = check_node_id(id) {
+                    doc.problem(FLAG_NODE_ID, e);
+                }
+                id.clone()
+            }
+            None => file_node_id.unwrap_or_else(default_node_id),
+        };
+
+        let file_data_dir = doc.get::<PathBuf>("data_dir");
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file_data_dir)
+            .unwrap_or_else(default_data_dir);
+
+        let file_model = doc.get::<PathBuf>("model");
+        let model = match (&o.model, file_model) {
+            (Some(m), _) => check_model(&mut doc, FLAG_MODEL, m),
+            (None, Some(m)) => check_model(&mut doc, "model", &m),
+            (None, None) => None,
+        };
+
+        let file_hb = doc.get_checked::<HumanDuration>("heartbeat_interval", positive_duration);
+        let heartbeat_interval = match &o.heartbeat_interval {
+            Some(s) => match s.parse::<HumanDuration>().and_then(|d| {
+                positive_duration(&d)?;
+                Ok(d)
+            }) {
+                Ok(d) => d.0,
+                Err(e) => {
+                    doc.problem(FLAG_HEARTBEAT, e);
+                    default_heartbeat_interval()
+                }
+            },
+            None => file_hb.map_or_else(default_heartbeat_interval, |d| d.0),
+        };
+        // The heartbeat carries the interval in whole seconds.
+        if heartbeat_interval < Duration::from_secs(1) {
+            doc.problem("heartbeat_interval", "must be at least 1s");
+        }
+
+        let file_log = doc
+            .get::<String>("log_format")
+            .and_then(|s| LogFormat::parse(&s).map_err(|e| doc.problem("log_format", e)).ok());
+        let log_format = match &o.log_format {
+            Some(s) => LogFormat::parse(s).unwrap_or_else(|e| {
+                doc.problem(FLAG_LOG_FORMAT, e);
+                default_log_format()
+            }),
+            None => file_log.unwrap_or_else(default_log_format),
+        };
+
+        let mqtt = read_mqtt(&mut doc, o);
+        let outbox = read_outbox(&mut doc);
+        let motion = read_motion(&mut doc);
+        let cameras = read_cameras(&mut doc, o);
+
+        let batch_bytes = outbox.batch_max_detections as u64 * MAX_DETECTION_JSON_BYTES + 4096;
+        if mqtt.max_packet_size < batch_bytes {
+            doc.problem(
+                "mqtt.max_packet_size",
+                format!(
+                    "{} bytes cannot carry a full batch of {} detections (needs about {batch_bytes}); \
+                     raise it or lower outbox.batch_max_detections",
+                    mqtt.max_packet_size, outbox.batch_max_detections
+                ),
+            );
+        }
+        if mqtt.reconnect_min > mqtt.reconnect_max {
+            doc.problem(
+                "mqtt.reconnect_min",
+                "must not be longer than mqtt.reconnect_max",
+            );
+        }
+
+        doc.finish()?;
+        Ok(Self {
+            node_id,
+            data_dir,
+            model,
+            heartbeat_interval,
+            log_format,
+            mqtt,
+            outbox,
+            motion,
+            cameras,
+        })
+    }
+
+    /// Where the outbox database lives.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.data_dir.join("outbox.db")
+    }
+
+    /// The effective configuration in the config file's own shape; the
+    /// password is redacted.
+    pub fn to_toml_table(&self) -> toml::Table {
+        use toml::Value;
+        let dur = |d: Duration| Value::String(format_duration(d));
+        let mut root = toml::Table::new();
+        root.insert("node_id".into(), Value::String(self.node_id.clone()));
+        root.insert(
+            "data_dir".into(),
+            Value::String(self.data_dir.display().to_string()),
+        );
+        if let Some(m) = &self.model {
+            root.insert("model".into(), Value::String(m.display().to_string()));
+        }
+        root.insert("heartbeat_interval".into(), dur(self.heartbeat_interval));
+        root.insert(
+            "log_format".into(),
+            Value::String(self.log_format.as_str().into()),
+        );
+
+        let mut mqtt = toml::Table::new();
+        mqtt.insert("url".into(), Value::String(self.mqtt.url.to_string()));
+        if let Some(u) = &self.mqtt.username {
+            mqtt.insert("username".into(), Value::String(u.clone()));
+        }
+        if self.mqtt.password.is_some() {
+            mqtt.insert("password".into(), Value::String("<redacted>".into()));
+        }
+        mqtt.insert("keep_alive".into(), dur(self.mqtt.keep_alive));
+        mqtt.insert(
+            "max_packet_size".into(),
+            Value::Integer(self.mqtt.max_packet_size as i64),
+        );
+        mqtt.insert("reconnect_min".into(), dur(self.mqtt.reconnect_min));
+        mqtt.insert("reconnect_max".into(), dur(self.mqtt.reconnect_max));
+        root.insert("mqtt".into(), Value::Table(mqtt));
+
+        let mut outbox = toml::Table::new();
+        outbox.insert(
+            "max_bytes".into(),
+            Value::Integer(self.outbox.max_bytes as i64),
+        );
+        outbox.insert(
+            "batch_max_detections".into(),
+            Value::Integer(self.outbox.batch_max_detections as i64),
+        );
+        outbox.insert("batch_max_age".into(), dur(self.outbox.batch_max_age));
+        outbox.insert("ack_timeout".into(), dur(self.outbox.ack_timeout));
+        outbox.insert(
+            "max_inflight".into(),
+            Value::Integer(self.outbox.max_inflight as i64),
+        );
+        root.insert("outbox".into(), Value::Table(outbox));
+
+        let mut motion = toml::Table::new();
+        motion.insert(
+            "threshold".into(),
+            Value::Integer(i64::from(self.motion.threshold)),
+        );
+        motion.insert(
+            "min_area".into(),
+            Value::Integer(i64::from(self.motion.min_area)),
+        );
+        motion.insert(
+            "analysis_width".into(),
+            Value::Integer(i64::from(self.motion.analysis_width)),
+        );
+        root.insert("motion".into(), Value::Table(motion));
+
+        let cameras = self
+            .cameras
+            .iter()
+            .map(|c| {
+                let mut t = toml::Table::new();
+                t.insert("id".into(), Value::String(c.id.clone()));
+                t.insert("uri".into(), Value::String(c.uri.clone()));
+                t.insert("fps".into(), Value::Float(c.fps));
+                Value::Table(t)
+            })
+            .collect();
+        root.insert("cameras".into(), Value::Array(cameras));
+        root
+    }
+}
+
+/// `10s`, `500ms`: the shortest exact form the config reader accepts back.
+fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn check_node_id(id: &String) -> Result<(), String> {
+    if is_valid_node_id(id) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a valid node id: use 1 to 64 of A-Z a-z 0-9 _ -"
+        ))
+    }
+}
+
+fn check_model(doc: &mut ConfigDoc, key: &str, path: &Path) -> Option<PathBuf> {
+    if path.is_file() {
+        Some(path.to_owned())
+    } else {
+        doc.problem(
+            key,
+            format!(
+                "model file {} does not exist (see models/README.md, or leave it out to use the motion detector)",
+                path.display()
+            ),
+        );
+        None
+    }
+}
+
+fn read_mqtt(doc: &mut ConfigDoc, o: &Overrides) -> MqttConfig {
+    let file_url = doc
+        .get::<String>("mqtt.url")
+        .and_then(|u| BrokerUrl::parse(&u).map_err(|e| doc.problem("mqtt.url", e)).ok());
+    let url = match &o.mqtt_url {
+        Some(u) => BrokerUrl::parse(u).unwrap_or_else(|e| {
+            doc.problem(FLAG_MQTT_URL, e);
+            fallback_url()
+        }),
+        None => file_url.unwrap_or_else(fallback_url),
+    };
+    let username = doc.get::<String>("mqtt.username");
+    let password = doc.get::<String>("mqtt.password").map(Secret);
+    if password.is_some() && username.is_none() {
+        doc.problem("mqtt.password", "is set but mqtt.username is not");
+    }
+    let keep_alive = doc
+        .get_checked::<HumanDuration>("mqtt.keep_alive", |d| {
+            if d.0 >= Duration::from_secs(5) && d.0 <= Duration::from_secs(65535) {
+                Ok(())
+            } else {
+                Err("must be between 5s and 65535s".into())
+            }
+        })
+        .map_or_else(default_keep_alive, |d| d.0);
+    let max_packet_size = doc
+        .get_checked::<ByteSize>("mqtt.max_packet_size", |b| {
+            check_range(1024, 256 * 1024 * 1024, " bytes")(&b.0)
+        })
+        .map_or(default_max_packet_size(), |b| b.0);
+    let reconnect_min = doc
+        .get_checked::<HumanDuration>("mqtt.reconnect_min", positive_duration)
+        .map_or_else(default_reconnect_min, |d| d.0);
+    let reconnect_max = doc
+        .get_checked::<HumanDuration>("mqtt.reconnect_max", positive_duration)
+        .map_or_else(default_reconnect_max, |d| d.0);
+    MqttConfig {
+        url,
+        username,
+        password,
+        keep_alive,
+        max_packet_size,
+        reconnect_min,
+        reconnect_max,
+    }
+}
+
+fn fallback_url() -> BrokerUrl {
+    // The default is a constant we control; parsing it cannot fail, but stay
+    // panic-free anyway.
+    BrokerUrl::parse(&default_mqtt_url()).unwrap_or(BrokerUrl {
+        scheme: MqttScheme::Mqtt,
+        host: "127.0.0.1".into(),
+        port: 1883,
+    })
+}
+
+fn read_outbox(doc: &mut ConfigDoc) -> OutboxConfig {
+    let max_bytes = doc
+        .get_checked::<ByteSize>("outbox.max_bytes", |b| {
+            check_range(64 * 1024, u64::MAX, " bytes")(&b.0)
+        })
+        .map_or(default_outbox_max_bytes(), |b| b.0);
+    let batch_max_detections = doc
+        .get_checked::<usize>(
+            "outbox.batch_max_detections",
+            check_range(1, MAX_DETECTIONS_PER_BATCH, " (protocol limit)"),
+        )
+        .unwrap_or(default_batch_max_detections());
+    let batch_max_age = doc
+        .get_checked::<HumanDuration>("outbox.batch_max_age", positive_duration)
+        .map_or_else(default_batch_max_age, |d| d.0);
+    let ack_timeout = doc
+        .get_checked::<HumanDuration>("outbox.ack_timeout", positive_duration)
+        .map_or_else(default_ack_timeout, |d| d.0);
+    // rumqttc's own in-flight window is a u16; keep well inside it.
+    let max_inflight = doc
+        .get_checked::<usize>("outbox.max_inflight", check_range(1, 1000, ""))
+        .unwrap_or(default_max_inflight());
+    OutboxConfig {
+        max_bytes,
+        batch_max_detections,
+        batch_max_age,
+        ack_timeout,
+        max_inflight,
+    }
+}
+
+fn read_motion(doc: &mut ConfigDoc) -> MotionConfig {
+    let threshold = doc
+        .get_checked::<u8>("motion.threshold", check_range(1, 255, ""))
+        .unwrap_or(default_motion_threshold());
+    let min_area = doc
+        .get_checked::<u32>("motion.min_area", check_range(1, 1_000_000, " pixels"))
+        .unwrap_or(default_motion_min_area());
+    let analysis_width = doc
+        .get_checked::<u32>("motion.analysis_width", check_range(16, 4096, " pixels"))
+        .unwrap_or(default_motion_analysis_width());
+    MotionConfig {
+        threshold,
+        min_area,
+        analysis_width,
+    }
+}
+
+/// `[[cameras]]` from the file, replaced by `--source` when given.
+fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
+    let raw = doc.get::<Vec<toml::Table>>("cameras").unwrap_or_default();
+    let mut from_file = Vec::new();
+    for (i, table) in raw.iter().enumerate() {
+        let key = |k: &str| format!("cameras[{i}].{k}");
+        for k in table.keys() {
+            if !matches!(k.as_str(), "id" | "uri" | "fps") {
+                doc.problem(&key(k), "unknown key (known here: id, uri, fps)");
+            }
+        }
+        let id = match table.get("id") {
+            None => format!("cam{i}"),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(_) => {
+                doc.problem(&key("id"), "expected a string");
+                continue;
+            }
+        };
+        let uri = match table.get("uri") {
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(_) => {
+                doc.problem(&key("uri"), "expected a string such as \"synthetic://\"");
+                continue;
+            }
+            None => {
+                doc.problem(&key("uri"), "missing: every camera needs a uri");
+                continue;
+            }
+        };
+        let fps = match table.get("fps") {
+            None => None,
+            Some(toml::Value::Integer(n)) => Some(*n as f64),
+            Some(toml::Value::Float(f)) => Some(*f),
+            Some(_) => {
+                doc.problem(&key("fps"), "expected a number of frames per second");
+                None
+            }
+        };
+        from_file.push((key("uri"), id, uri, fps));
+    }
+
+    let entries = if o.sources.is_empty() {
+        from_file
+    } else {
+        o.sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                // `ID=URI`; a bare URI (whose scheme has no '=' before "://") gets camN.
+                let (id, uri) = match s.split_once('=') {
+                    Some((id, uri)) if !id.contains("://") => (id.to_owned(), uri.to_owned()),
+                    _ => (format!("cam{i}"), s.clone()),
+                };
+                (FLAG_SOURCE.to_owned(), id, uri, None)
+            })
+            .collect()
+    };
+
+    let mut cameras: Vec<CameraConfig> = Vec::new();
+    for (key, id, uri, fps) in entries {
+        if !is_valid_node_id(&id) {
+            doc.problem(
+                &key,
+                format!("camera id {id:?} is not valid: use 1 to 64 of A-Z a-z 0-9 _ -"),
+            );
+            continue;
+        }
+        if cameras.iter().any(|c| c.id == id) {
+            doc.problem(
+                &key,
+                format!("camera id {id:?} is used twice; give each camera its own id"),
+            );
+            continue;
+        }
+        let (source, uri_fps) = match SourceSpec::parse(&uri) {
+            Ok(v) => v,
+            Err(e) => {
+                doc.problem(&key, format!("camera {id:?}: {e}"));
+                continue;
+            }
+        };
+        let fps = fps.or(uri_fps).unwrap_or(default_camera_fps());
+        if !(fps > 0.0 && fps <= MAX_CAMERA_FPS) {
+            doc.problem(
+                &key,
+                format!("camera {id:?}: fps {fps} is outside (0, {MAX_CAMERA_FPS}]"),
+            );
+            continue;
+        }
+        cameras.push(CameraConfig {
+            id,
+            uri,
+            source,
+            fps,
+        });
+    }
+    cameras
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, o: &Overrides) -> Result<AgentConfig, ConfigErrors> {
+        let doc = ConfigDoc::parse(text, "agent.toml").expect("valid toml");
+        AgentConfig::from_doc(doc, o)
+    }
+
+    fn keys(err: &ConfigErrors) -> Vec<&str> {
+        err.problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_when_empty() {
+        let c = parse("", &Overrides::default()).expect("defaults are valid");
+        assert!(is_valid_node_id(&c.node_id), "{}", c.node_id);
+        assert_eq!(c.data_dir, PathBuf::from("./data/agent"));
+        assert_eq!(c.mqtt.url.to_string(), "mqtt://127.0.0.1:1883");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.mqtt.keep_alive, Duration::from_secs(15));
+        assert_eq!(c.mqtt.max_packet_size, 1 << 20);
+        assert_eq!(c.outbox.max_bytes, 64 << 20);
+        assert_eq!(c.outbox.batch_max_detections, 500);
+        assert_eq!(c.outbox.max_inflight, 32);
+        assert_eq!(c.motion, MotionConfig::default());
+        assert!(c.cameras.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = parse(
+            r#"
+node_id = "bad id"
+heartbeat_interval = "soon"
+[mqtt]
+url = "http://x"
+[outbox]
+batch_max_detections = 5000
+[motion]
+threshold = 0
+[[cameras]]
+id = "a"
+uri = "rtsp://cam/stream"
+[[cameras]]
+id = "b"
+uri = "synthetic://"
+fps = 0
+[[cameras]]
+id = "b"
+uri = "synthetic://"
+colour = "red"
+"#,
+            &Overrides {
+                mqtt_url: Some("ftp://nope".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect_err("many problems");
+        let k = keys(&err);
+        for want in [
+            "node_id",
+            "heartbeat_interval",
+            "mqtt.url",
+            FLAG_MQTT_URL,
+            "outbox.batch_max_detections",
+            "motion.threshold",
+            "cameras[0].uri",
+            "cameras[1].uri",
+            "cameras[2].colour",
+            "cameras[2].uri",
+        ] {
+            assert!(k.contains(&want), "missing {want} in {k:?}\n{err}");
+        }
+        let text = err.to_string();
+        assert!(text.contains("not supported yet in this build"), "{text}");
+        assert!(text.contains("used twice"), "{text}");
+    }
+
+    #[test]
+    fn flags_override_file_and_replace_cameras() {
+        let c = parse(
+            r#"
+node_id = "from-file"
+[mqtt]
+url = "mqtt://file:1883"
+[[cameras]]
+id = "filecam"
+uri = "synthetic://"
+"#,
+            &Overrides {
+                node_id: Some("from-flag".into()),
+                mqtt_url: Some("mqtts://broker.example:8883".into()),
+                sources: vec![
+                    "synthetic://?objects=2".into(),
+                    "gate=synthetic://?seed=3&fps=5".into(),
+                ],
+                heartbeat_interval: Some("2s".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(c.node_id, "from-flag");
+        assert_eq!(c.mqtt.url.scheme, MqttScheme::Mqtts);
+        assert_eq!(c.mqtt.url.host, "broker.example");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        let ids: Vec<&str> = c.cameras.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["cam0", "gate"]);
+        assert_eq!(c.cameras[1].fps, 5.0);
+    }
+
+    #[test]
+    fn flag_problems_join_file_problems() {
+        let err = parse(
+            "[outbox]\nmax_inflight = 0\n",
+            &Overrides {
+                node_id: Some("no/slash".into()),
+                model: Some("/nonexistent/model.safetensors".into()),
+                sources: vec!["file:///tmp/x.mp4".into()],
+                log_format: Some("xml".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect_err("bad");
+        assert_eq!(
+            keys(&err),
+            [
+                FLAG_NODE_ID,
+                FLAG_MODEL,
+                FLAG_LOG_FORMAT,
+                "outbox.max_inflight",
+                FLAG_SOURCE
+            ]
+        );
+    }
+
+    #[test]
+    fn broker_urls() {
+        let u = BrokerUrl::parse("mqtt://localhost").expect("default port");
+        assert_eq!((u.host.as_str(), u.port), ("localhost", 1883));
+        let u = BrokerUrl::parse("mqtts://[::1]:9000").expect("v6");
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9000));
+        assert_eq!(u.to_string(), "mqtts://[::1]:9000");
+        for bad in [
+            "tcp://x:1",
+            "mqtt://",
+            "mqtt://:1883",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u:p@h:1",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        let c = parse(
+            "[mqtt]\nusername = \"u\"\npassword = \"hunter2\"\n",
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!toml::to_string(&c.to_toml_table())
+            .expect("toml")
+            .contains("hunter2"));
+    }
+
+    #[test]
+    fn effective_config_reads_back() {
+        let c = parse(
+            "[outbox]\nbatch_max_age = \"250ms\"\n[[cameras]]\nuri = \"synthetic://\"\n",
+            &Overrides::default(),
+        )
+        .expect("valid");
+        let text = toml::to_string(&c.to_toml_table()).expect("toml");
+        let back = parse(&text, &Overrides::default()).expect("effective config is valid input");
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn hostnames_become_node_ids() {
+        assert_eq!(sanitize_node_id("edge.box.local"), "edge-box-local");
+        assert_eq!(sanitize_node_id(""), "edgeqi-agent");
+        assert_eq!(sanitize_node_id(&"x".repeat(80)).len(), 64);
+    }
+}

@@ -1,0 +1,579 @@
+//! Protocol v1 payloads and their validation.
+//!
+//! Every payload is UTF-8 JSON carrying `"v":1`. Decoding goes through
+//! [`decode`], which classifies a bad payload into exactly one
+//! [`RejectReason`] so the aggregator can log, count and dead-letter it
+//! without ever panicking on hostile bytes.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::topic::is_valid_node_id;
+
+/// The only protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Default limit for one MQTT payload (broker and clients alike): 1 MiB, which
+/// fits a batch of [`MAX_DETECTIONS_PER_BATCH`] detections several times over.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// A batch never carries more detections than this.
+pub const MAX_DETECTIONS_PER_BATCH: usize = 1000;
+/// Ids and labels are short identifiers, not free text.
+pub const MAX_ID_LEN: usize = 64;
+
+/// One object seen in one frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// When the frame was captured (RFC 3339, UTC).
+    pub ts: DateTime<Utc>,
+    pub camera_id: String,
+    /// Class index of the detector's label set; `null` for the motion fallback.
+    #[serde(default)]
+    pub class_id: Option<u32>,
+    pub label: String,
+    /// Confidence in `[0, 1]`.
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in source-frame pixels, `x1 <= x2`, `y1 <= y2`.
+    pub bbox: [f32; 4],
+    #[serde(default)]
+    pub track_id: Option<u64>,
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+/// Detections the agent's outbox compacted to save space: how many of one
+/// class a camera (and zone) saw within one minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectionCount {
+    /// Start of the minute (seconds and below are zero).
+    pub minute: DateTime<Utc>,
+    pub camera_id: String,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub class_id: Option<u32>,
+    pub label: String,
+    pub count: u64,
+}
+
+/// What the agent publishes on `…/detections`: one seq-numbered outbox batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionBatch {
+    pub v: u32,
+    pub node_id: String,
+    /// Random id of the agent's outbox; `""` for simple clients.
+    #[serde(default)]
+    pub epoch: String,
+    /// Starts at 1 and increases by one per batch within an epoch.
+    pub seq: u64,
+    pub sent_at: DateTime<Utc>,
+    pub detections: Vec<Detection>,
+    /// Compacted detections (present only when the outbox ran full).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counts: Vec<DetectionCount>,
+}
+
+/// The agent's outbox, as reported in heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutboxHealth {
+    pub epoch: String,
+    /// Batches waiting for an ack.
+    pub pending_batches: u64,
+    pub pending_bytes: u64,
+    pub max_bytes: u64,
+    /// Highest seq the aggregator acknowledged in this epoch.
+    pub acked_seq: u64,
+    /// Detections folded into per-minute counts because the outbox was full.
+    pub compacted_detections: u64,
+    /// Detections dropped because even compaction could not make room.
+    pub shed_detections: u64,
+}
+
+/// Health of one camera on the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraHealth {
+    pub camera_id: String,
+    /// `ok`, `starting`, `reconnecting` or `failed`.
+    pub state: String,
+    pub fps: f32,
+    pub frames_total: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// What the agent publishes on `…/heartbeat` every `heartbeat_interval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub v: u32,
+    pub node_id: String,
+    pub ts: DateTime<Utc>,
+    pub uptime_s: u64,
+    pub cpu_pct: f32,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    /// Unacknowledged batches in the outbox.
+    pub backlog: u64,
+    /// Frames per second the pipeline processed, all cameras together.
+    pub fps: f32,
+    /// Agent version (semver).
+    pub version: String,
+    /// Seconds until the next heartbeat; the aggregator marks the node
+    /// offline after three missed intervals.
+    #[serde(default = "default_heartbeat_interval_s")]
+    pub interval_s: u32,
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
+    #[serde(default)]
+    pub disk_total_bytes: Option<u64>,
+    #[serde(default)]
+    pub temperature_c: Option<f32>,
+    /// Which detector runs (`motion`, `yolov8n-int8`, …).
+    #[serde(default)]
+    pub detector: Option<String>,
+    #[serde(default)]
+    pub outbox: Option<OutboxHealth>,
+    #[serde(default)]
+    pub cameras: Vec<CameraHealth>,
+}
+
+fn default_heartbeat_interval_s() -> u32 {
+    10
+}
+
+/// Retained on `…/status`; the agent's last will publishes `online:false`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub v: u32,
+    pub node_id: String,
+    pub online: bool,
+    pub ts: DateTime<Utc>,
+}
+
+/// Published by the aggregator on `…/ack` after a batch is durably stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub v: u32,
+    pub node_id: String,
+    #[serde(default)]
+    pub epoch: String,
+    /// Highest seq such that every seq in `1..=acked_seq` of this epoch is stored.
+    pub acked_seq: u64,
+}
+
+/// Retained on `…/config`: a versioned agent configuration pushed by operators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteConfig {
+    pub v: u32,
+    pub node_id: String,
+    /// Increases with every change; agents ignore versions they already applied.
+    pub version: u64,
+    /// Agent config keys, in the same shape as the agent's TOML file.
+    pub config: serde_json::Value,
+}
+
+/// Why a payload was refused. `code()` is stable and appears in metrics,
+/// logs and the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("payload is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("payload is not valid UTF-8 JSON: {0}")]
+    InvalidJson(String),
+    #[error("unsupported protocol version {0:?} (this aggregator speaks v1)")]
+    UnsupportedVersion(String),
+    #[error("missing field: {0}")]
+    MissingField(String),
+    #[error("node_id {payload:?} in payload differs from {topic:?} in topic")]
+    NodeIdMismatch { topic: String, payload: String },
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    #[error("topic {0:?} is not an EdgeQI v1 topic with a valid node id")]
+    BadTopic(String),
+}
+
+impl RejectReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::TooLarge { .. } => "too_large",
+            RejectReason::InvalidJson(_) => "invalid_json",
+            RejectReason::UnsupportedVersion(_) => "unsupported_version",
+            RejectReason::MissingField(_) => "missing_field",
+            RejectReason::NodeIdMismatch { .. } => "node_id_mismatch",
+            RejectReason::InvalidField(_) => "invalid_field",
+            RejectReason::BadTopic(_) => "bad_topic",
+        }
+    }
+}
+
+/// A payload that knows which node sent it and how to check its own fields.
+pub trait Payload: DeserializeOwned {
+    fn node_id(&self) -> &str;
+    /// Field range checks beyond what the types enforce.
+    fn check_fields(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Decodes and validates one payload published on a topic of `topic_node_id`.
+///
+/// Order of checks: size, JSON syntax, `v`, fields present and typed, node id
+/// match, field ranges. The first failure is the reason.
+pub fn decode<T: Payload>(
+    topic_node_id: &str,
+    payload: &[u8],
+    max_bytes: usize,
+) -> Result<T, RejectReason> {
+    if payload.len() > max_bytes {
+        return Err(RejectReason::TooLarge {
+            size: payload.len(),
+            limit: max_bytes,
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| RejectReason::InvalidJson(e.to_string()))?;
+    let Some(obj) = value.as_object() else {
+        return Err(RejectReason::InvalidJson(
+            "top level is not an object".into(),
+        ));
+    };
+    match obj.get("v") {
+        None => return Err(RejectReason::MissingField("v".into())),
+        Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
+        Some(v) => return Err(RejectReason::UnsupportedVersion(v.to_string())),
+    }
+    let parsed: T = serde_json::from_value(value).map_err(|e| {
+        let msg = e.to_string();
+        match msg.strip_prefix("missing field `") {
+            Some(rest) => RejectReason::MissingField(rest.trim_end_matches('`').to_owned()),
+            None => RejectReason::InvalidField(msg),
+        }
+    })?;
+    if parsed.node_id() != topic_node_id {
+        return Err(RejectReason::NodeIdMismatch {
+            topic: topic_node_id.to_owned(),
+            payload: parsed.node_id().to_owned(),
+        });
+    }
+    parsed.check_fields().map_err(RejectReason::InvalidField)?;
+    Ok(parsed)
+}
+
+fn check_id(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_ID_LEN || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} must be 1..={MAX_ID_LEN} bytes without control characters, got {s:?}"
+        ));
+    }
+    Ok(())
+}
+
+impl Detection {
+    fn check(&self) -> Result<(), String> {
+        check_id("camera_id", &self.camera_id)?;
+        check_id("label", &self.label)?;
+        if let Some(zone) = &self.zone {
+            check_id("zone", zone)?;
+        }
+        if !(0.0..=1.0).contains(&self.score) {
+            return Err(format!("score {} is outside [0, 1]", self.score));
+        }
+        let [x1, y1, x2, y2] = self.bbox;
+        if !self.bbox.iter().all(|c| c.is_finite()) || x1 > x2 || y1 > y2 {
+            return Err(format!(
+                "bbox {:?} must be finite [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2",
+                self.bbox
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Payload for DetectionBatch {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+    fn check_fields(&self) -> Result<(), String> {
+        if !is_valid_node_id(&self.node_id) {
+            return Err(format!(
+                "node_id {:?} does not match [A-Za-z0-9_-]{{1,64}}",
+                self.node_id
+            ));
+        }
+        if self.epoch.len() > MAX_ID_LEN {
+            return Err(format!("epoch is longer than {MAX_ID_LEN} bytes"));
+        }
+        if self.seq == 0 {
+            return Err("seq starts at 1".into());
+        }
+        if self.detections.len() > MAX_DETECTIONS_PER_BATCH {
+            return Err(format!(
+                "{} detections in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
+                self.detections.len()
+            ));
+        }
+        for (i, d) in self.detections.iter().enumerate() {
+            d.check().map_err(|e| format!("detections[{i}]: {e}"))?;
+        }
+        for (i, c) in self.counts.iter().enumerate() {
+            check_id("camera_id", &c.camera_id)
+                .and_then(|()| check_id("label", &c.label))
+                .map_err(|e| format!("counts[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Payload for Heartbeat {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+    fn check_fields(&self) -> Result<(), String> {
+        if !self.cpu_pct.is_finite()
+            || self.cpu_pct < 0.0
+            || !self.fps.is_finite()
+            || self.fps < 0.0
+        {
+            return Err("cpu_pct and fps must be finite and >= 0".into());
+        }
+        if self.interval_s == 0 {
+            return Err("interval_s must be >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Payload for NodeStatus {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+impl Payload for Ack {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+impl Payload for RemoteConfig {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+/// Serializes a payload; our own types never fail to serialize.
+pub fn encode<T: Serialize>(payload: &T) -> Vec<u8> {
+    serde_json::to_vec(payload).unwrap_or_else(|e| {
+        // Unreachable for the types above (no maps with non-string keys).
+        format!("{{\"error\":\"serialize: {e}\"}}").into_bytes()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMIT: usize = DEFAULT_MAX_PAYLOAD_BYTES;
+
+    fn ts(s: &str) -> DateTime<Utc> {
+        s.parse().expect("test timestamp")
+    }
+
+    fn sample_batch() -> DetectionBatch {
+        DetectionBatch {
+            v: 1,
+            node_id: "gate-01".into(),
+            epoch: "7f3a9c01".into(),
+            seq: 42,
+            sent_at: ts("2026-11-23T10:00:00.123Z"),
+            detections: vec![Detection {
+                ts: ts("2026-11-23T10:00:00.100Z"),
+                camera_id: "north".into(),
+                class_id: Some(5),
+                label: "bus".into(),
+                score: 0.81,
+                bbox: [34.0, 233.0, 798.0, 766.0],
+                track_id: Some(17),
+                zone: Some("lane-1".into()),
+            }],
+            counts: vec![],
+        }
+    }
+
+    fn round_trip<T: Payload + Serialize + PartialEq + std::fmt::Debug>(p: &T) {
+        let bytes = encode(p);
+        let back: T = decode(p.node_id(), &bytes, LIMIT).expect("round trip");
+        assert_eq!(&back, p);
+    }
+
+    #[test]
+    fn design_doc_example_decodes() {
+        let raw = br#"{"v":1,"node_id":"gate-01","epoch":"7f3a9c01","seq":42,"sent_at":"2026-11-23T10:00:00.123Z",
+ "detections":[{"ts":"2026-11-23T10:00:00.100Z","camera_id":"north","class_id":5,
+   "label":"bus","score":0.81,"bbox":[34.0,233.0,798.0,766.0],"track_id":17,"zone":"lane-1"}]}"#;
+        let b: DetectionBatch = decode("gate-01", raw, LIMIT).expect("doc example");
+        assert_eq!(b, sample_batch());
+    }
+
+    #[test]
+    fn every_type_round_trips() {
+        let mut b = sample_batch();
+        round_trip(&b);
+        b.counts.push(DetectionCount {
+            minute: ts("2026-11-23T10:00:00Z"),
+            camera_id: "north".into(),
+            zone: None,
+            class_id: None,
+            label: "motion".into(),
+            count: 12,
+        });
+        round_trip(&b);
+        round_trip(&Heartbeat {
+            v: 1,
+            node_id: "n1".into(),
+            ts: ts("2026-11-23T10:00:00Z"),
+            uptime_s: 5,
+            cpu_pct: 12.5,
+            mem_used_bytes: 1,
+            mem_total_bytes: 2,
+            backlog: 3,
+            fps: 9.5,
+            version: "0.1.0".into(),
+            interval_s: 10,
+            disk_free_bytes: Some(10),
+            disk_total_bytes: Some(20),
+            temperature_c: None,
+            detector: Some("motion".into()),
+            outbox: Some(OutboxHealth::default()),
+            cameras: vec![CameraHealth {
+                camera_id: "c".into(),
+                state: "ok".into(),
+                fps: 10.0,
+                frames_total: 100,
+                last_error: None,
+            }],
+        });
+        round_trip(&NodeStatus {
+            v: 1,
+            node_id: "n1".into(),
+            online: false,
+            ts: ts("2026-11-23T10:00:00Z"),
+        });
+        round_trip(&Ack {
+            v: 1,
+            node_id: "n1".into(),
+            epoch: "e".into(),
+            acked_seq: 7,
+        });
+        round_trip(&RemoteConfig {
+            v: 1,
+            node_id: "n1".into(),
+            version: 3,
+            config: serde_json::json!({"heartbeat_interval": "5s"}),
+        });
+    }
+
+    #[test]
+    fn epoch_may_be_omitted() {
+        let raw =
+            br#"{"v":1,"node_id":"a","seq":1,"sent_at":"2026-11-23T10:00:00Z","detections":[]}"#;
+        let b: DetectionBatch = decode("a", raw, LIMIT).expect("no epoch");
+        assert_eq!(b.epoch, "");
+    }
+
+    #[test]
+    fn four_kinds_of_malformed_payload_are_told_apart() {
+        let ok = String::from_utf8(encode(&sample_batch())).expect("utf8");
+        let reason = |raw: &[u8], node: &str| {
+            decode::<DetectionBatch>(node, raw, LIMIT)
+                .expect_err("must reject")
+                .code()
+        };
+        assert_eq!(reason(b"{not json", "gate-01"), "invalid_json");
+        assert_eq!(reason(&[0xff, 0xfe], "gate-01"), "invalid_json");
+        assert_eq!(
+            reason(ok.replace("\"v\":1", "\"v\":2").as_bytes(), "gate-01"),
+            "unsupported_version"
+        );
+        assert_eq!(
+            reason(ok.replace("\"seq\":42,", "").as_bytes(), "gate-01"),
+            "missing_field"
+        );
+        assert_eq!(reason(ok.as_bytes(), "gate-02"), "node_id_mismatch");
+        let big = vec![b' '; LIMIT + 1];
+        assert_eq!(reason(&big, "gate-01"), "too_large");
+    }
+
+    #[test]
+    fn field_ranges_are_checked() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut DetectionBatch)>)> = vec![
+            ("score", Box::new(|b| b.detections[0].score = 1.5)),
+            (
+                "bbox order",
+                Box::new(|b| b.detections[0].bbox = [10.0, 0.0, 5.0, 1.0]),
+            ),
+            ("bbox nan", Box::new(|b| b.detections[0].bbox[0] = f32::NAN)),
+            ("seq zero", Box::new(|b| b.seq = 0)),
+            (
+                "empty camera",
+                Box::new(|b| b.detections[0].camera_id.clear()),
+            ),
+            (
+                "long label",
+                Box::new(|b| b.detections[0].label = "x".repeat(65)),
+            ),
+            (
+                "too many",
+                Box::new(|b| {
+                    let d = b.detections[0].clone();
+                    b.detections = vec![d; MAX_DETECTIONS_PER_BATCH + 1];
+                }),
+            ),
+        ];
+        for (name, mutate) in cases {
+            let mut b = sample_batch();
+            mutate(&mut b);
+            // NaN does not survive JSON, so encode by hand for it.
+            let raw = encode(&b);
+            let err = decode::<DetectionBatch>("gate-01", &raw, LIMIT).expect_err(name);
+            assert!(
+                matches!(err.code(), "invalid_field" | "invalid_json"),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_thousand_detections_fit_the_default_limit() {
+        let mut b = sample_batch();
+        b.detections = vec![b.detections[0].clone(); MAX_DETECTIONS_PER_BATCH];
+        let raw = encode(&b);
+        assert!(
+            raw.len() < DEFAULT_MAX_PAYLOAD_BYTES / 4,
+            "{} bytes",
+            raw.len()
+        );
+        decode::<DetectionBatch>("gate-01", &raw, LIMIT).expect("1000 detections");
+    }
+
+    proptest! {
+        #[test]
+        fn decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<DetectionBatch>("n", &bytes, LIMIT);
+            let _ = decode::<Heartbeat>("n", &bytes, LIMIT);
+            let _ = decode::<NodeStatus>("n", &bytes, LIMIT);
+            let _ = decode::<Ack>("n", &bytes, LIMIT);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_mutated_batches(pos in 0usize..400, byte in any::<u8>()) {
+            let mut raw = encode(&sample_batch());
+            let i = pos % raw.len();
+            raw[i] = byte;
+            if let Ok(b) = decode::<DetectionBatch>("gate-01", &raw, LIMIT) {
+                // Whatever gets through must still satisfy the invariants.
+                prop_assert!(b.check_fields().is_ok());
+            }
+        }
+    }
+}
