@@ -49,17 +49,14 @@ impl Agent {
         match self.outbox.append(detections) {
             Ok(Appended::Stored { seq }) => {
                 tracing::debug!(seq, detections = n, "batch stored");
-                self.report(self.delivery.on_appended(&self.outbox, &mut self.uplink, Instant::now()));
+                report(
+                    self.delivery
+                        .on_appended(&self.outbox, &mut self.uplink, Instant::now()),
+                );
             }
             Ok(Appended::Empty | Appended::Shed { .. }) => {}
             Err(e) => tracing::error!(error = %e, detections = n,
                 "could not write a batch to the outbox; these detections are lost"),
-        }
-    }
-
-    fn report(&self, r: Result<(), OutboxError>) {
-        if let Err(e) = r {
-            tracing::error!(error = %e, "outbox read failed while sending");
         }
     }
 
@@ -72,22 +69,32 @@ impl Agent {
                 if backlog > 0 {
                     tracing::info!(backlog, "sending unacknowledged batches");
                 }
-                self.report(self.delivery.on_connected(&self.outbox, &mut self.uplink, now));
+                report(
+                    self.delivery
+                        .on_connected(&self.outbox, &mut self.uplink, now),
+                );
             }
-            UplinkEvent::Disconnected(_) => self.delivery.on_disconnected(),
+            UplinkEvent::Disconnected => self.delivery.on_disconnected(),
             UplinkEvent::Message { topic, payload } => {
                 if topic != self.uplink.topics().ack {
                     tracing::debug!(%topic, "ignoring a message on an unexpected topic");
                     return;
                 }
-                let ack: Ack = match decode(&self.config.node_id, &payload, DEFAULT_MAX_PAYLOAD_BYTES) {
+                let ack: Ack = match decode(
+                    &self.config.node_id,
+                    &payload,
+                    DEFAULT_MAX_PAYLOAD_BYTES,
+                ) {
                     Ok(a) => a,
                     Err(reason) => {
                         tracing::warn!(%topic, code = reason.code(), %reason, "ignoring a malformed ack");
                         return;
                     }
                 };
-                match self.delivery.on_ack(&ack, &mut self.outbox, &mut self.uplink, now) {
+                match self
+                    .delivery
+                    .on_ack(&ack, &mut self.outbox, &mut self.uplink, now)
+                {
                     Ok(AckResult::Advanced { acked_seq, deleted }) => {
                         tracing::debug!(acked_seq, deleted, "ack");
                     }
@@ -96,6 +103,12 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+fn report(r: Result<(), OutboxError>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, "outbox read failed while sending");
     }
 }
 
@@ -151,7 +164,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.outbox.max_inflight,
         config.outbox.ack_timeout,
     )?;
-    let batcher = Batcher::new(config.outbox.batch_max_detections, config.outbox.batch_max_age);
+    let batcher = Batcher::new(
+        config.outbox.batch_max_detections,
+        config.outbox.batch_max_age,
+    );
     let mut probe = SystemProbe::new(&config.data_dir);
     let mut agent = Agent {
         config,
@@ -197,7 +213,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             },
             _ = delivery_tick.tick() => {
                 let r = agent.delivery.on_tick(&agent.outbox, &mut agent.uplink, Instant::now());
-                agent.report(r);
+                report(r);
             }
             _ = heartbeat.tick() => {
                 if agent.delivery.is_connected() {
@@ -243,7 +259,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             },
             _ = tick.tick() => {
                 let r = agent.delivery.on_tick(&agent.outbox, &mut agent.uplink, Instant::now());
-                agent.report(r);
+                report(r);
             }
         }
     }
@@ -255,9 +271,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     agent.uplink.disconnect();
     // Let the event loop flush the status and the disconnect.
     let mut task = uplink_task;
-    let flushed = tokio::select! {
-        r = &mut task => r.is_ok(),
-        _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+    let give_up = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(give_up);
+    let mut events_open = true;
+    let flushed = loop {
+        tokio::select! {
+            r = &mut task => break r.is_ok(),
+            _ = &mut give_up => break false,
+            // Keep reading so the event loop never blocks on a full channel
+            // before it gets to the disconnect.
+            ev = ev_rx.recv(), if events_open => events_open = ev.is_some(),
+        }
     };
     if !flushed {
         tracing::warn!("broker unreachable at shutdown; the last will marks this node offline");

@@ -48,6 +48,7 @@ impl Batcher {
         std::mem::take(&mut self.open)
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }

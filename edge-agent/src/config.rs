@@ -87,7 +87,9 @@ impl LogFormat {
         match s {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("{other:?} is not a log format (use \"text\" or \"json\")")),
+            other => Err(format!(
+                "{other:?} is not a log format (use \"text\" or \"json\")"
+            )),
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -375,12 +377,19 @@ impl AgentConfig {
         };
         // The heartbeat carries the interval in whole seconds.
         if heartbeat_interval < Duration::from_secs(1) {
-            doc.problem("heartbeat_interval", "must be at least 1s");
+            let key = if o.heartbeat_interval.is_some() {
+                FLAG_HEARTBEAT
+            } else {
+                "heartbeat_interval"
+            };
+            doc.problem(key, "must be at least 1s");
         }
 
-        let file_log = doc
-            .get::<String>("log_format")
-            .and_then(|s| LogFormat::parse(&s).map_err(|e| doc.problem("log_format", e)).ok());
+        let file_log = doc.get::<String>("log_format").and_then(|s| {
+            LogFormat::parse(&s)
+                .map_err(|e| doc.problem("log_format", e))
+                .ok()
+        });
         let log_format = match &o.log_format {
             Some(s) => LogFormat::parse(s).unwrap_or_else(|e| {
                 doc.problem(FLAG_LOG_FORMAT, e);
@@ -552,9 +561,11 @@ fn check_model(doc: &mut ConfigDoc, key: &str, path: &Path) -> Option<PathBuf> {
 }
 
 fn read_mqtt(doc: &mut ConfigDoc, o: &Overrides) -> MqttConfig {
-    let file_url = doc
-        .get::<String>("mqtt.url")
-        .and_then(|u| BrokerUrl::parse(&u).map_err(|e| doc.problem("mqtt.url", e)).ok());
+    let file_url = doc.get::<String>("mqtt.url").and_then(|u| {
+        BrokerUrl::parse(&u)
+            .map_err(|e| doc.problem("mqtt.url", e))
+            .ok()
+    });
     let url = match &o.mqtt_url {
         Some(u) => BrokerUrl::parse(u).unwrap_or_else(|e| {
             doc.problem(FLAG_MQTT_URL, e);
@@ -695,7 +706,7 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
                 None
             }
         };
-        from_file.push((key("uri"), id, uri, fps));
+        from_file.push((Some(format!("cameras[{i}]")), id, uri, fps));
     }
 
     let entries = if o.sources.is_empty() {
@@ -710,38 +721,45 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
                     Some((id, uri)) if !id.contains("://") => (id.to_owned(), uri.to_owned()),
                     _ => (format!("cam{i}"), s.clone()),
                 };
-                (FLAG_SOURCE.to_owned(), id, uri, None)
+                (None, id, uri, None)
             })
             .collect()
     };
 
     let mut cameras: Vec<CameraConfig> = Vec::new();
-    for (key, id, uri, fps) in entries {
+    let mut seen_ids: Vec<String> = Vec::new();
+    for (prefix, id, uri, fps) in entries {
+        // File problems name the key; flag problems name the flag.
+        let key = |k: &str| match &prefix {
+            Some(p) => format!("{p}.{k}"),
+            None => FLAG_SOURCE.to_owned(),
+        };
         if !is_valid_node_id(&id) {
             doc.problem(
-                &key,
+                &key("id"),
                 format!("camera id {id:?} is not valid: use 1 to 64 of A-Z a-z 0-9 _ -"),
             );
             continue;
         }
-        if cameras.iter().any(|c| c.id == id) {
+        if seen_ids.contains(&id) {
             doc.problem(
-                &key,
+                &key("id"),
                 format!("camera id {id:?} is used twice; give each camera its own id"),
             );
             continue;
         }
+        seen_ids.push(id.clone());
         let (source, uri_fps) = match SourceSpec::parse(&uri) {
             Ok(v) => v,
             Err(e) => {
-                doc.problem(&key, format!("camera {id:?}: {e}"));
+                doc.problem(&key("uri"), format!("camera {id:?}: {e}"));
                 continue;
             }
         };
         let fps = fps.or(uri_fps).unwrap_or(default_camera_fps());
         if !(fps > 0.0 && fps <= MAX_CAMERA_FPS) {
             doc.problem(
-                &key,
+                &key("fps"),
                 format!("camera {id:?}: fps {fps} is outside (0, {MAX_CAMERA_FPS}]"),
             );
             continue;
@@ -824,9 +842,9 @@ colour = "red"
             "outbox.batch_max_detections",
             "motion.threshold",
             "cameras[0].uri",
-            "cameras[1].uri",
+            "cameras[1].fps",
             "cameras[2].colour",
-            "cameras[2].uri",
+            "cameras[2].id",
         ] {
             assert!(k.contains(&want), "missing {want} in {k:?}\n{err}");
         }

@@ -117,7 +117,10 @@ impl Delivery {
         }
         let outcome = outbox.ack(ack.acked_seq)?;
         if outcome.beyond_last_seq {
-            tracing::warn!(acked_seq = ack.acked_seq, "ack names a seq this outbox never assigned; clamped to the last seq");
+            tracing::warn!(
+                acked_seq = ack.acked_seq,
+                "ack names a seq this outbox never assigned; clamped to the last seq"
+            );
         }
         if outcome.acked_seq <= self.acked {
             return Ok(AckResult::Stale);
@@ -260,10 +263,19 @@ mod tests {
         d.on_connected(&o, &mut sink, t).expect("connect");
         assert_eq!(sink.sent, [1, 2, 3, 4]);
         let r = d.on_ack(&ack(&o, 2), &mut o, &mut sink, t).expect("ack");
-        assert_eq!(r, AckResult::Advanced { acked_seq: 2, deleted: 2 });
+        assert_eq!(
+            r,
+            AckResult::Advanced {
+                acked_seq: 2,
+                deleted: 2
+            }
+        );
         assert_eq!(sink.sent, [1, 2, 3, 4, 5, 6]);
         assert_eq!(d.in_flight(), 4);
-        assert_eq!(d.on_ack(&ack(&o, 1), &mut o, &mut sink, t).expect("old"), AckResult::Stale);
+        assert_eq!(
+            d.on_ack(&ack(&o, 1), &mut o, &mut sink, t).expect("old"),
+            AckResult::Stale
+        );
     }
 
     #[test]
@@ -271,10 +283,13 @@ mod tests {
         let (_d, mut o) = setup(3);
         let mut d = Delivery::new("n1", &o, 4, Duration::from_secs(10)).expect("new");
         let mut sink = FakeSink::default();
-        d.on_connected(&o, &mut sink, Instant::now()).expect("connect");
+        d.on_connected(&o, &mut sink, Instant::now())
+            .expect("connect");
         let mut foreign = ack(&o, 3);
         foreign.epoch = "0000000000000000".into();
-        let r = d.on_ack(&foreign, &mut o, &mut sink, Instant::now()).expect("ack");
+        let r = d
+            .on_ack(&foreign, &mut o, &mut sink, Instant::now())
+            .expect("ack");
         assert_eq!(r, AckResult::OtherEpoch);
         assert_eq!(o.backlog().expect("backlog"), 3);
     }
@@ -290,9 +305,11 @@ mod tests {
         d.on_disconnected();
         d.on_connected(&o, &mut sink, t0).expect("reconnect");
         assert_eq!(sink.sent, [1, 2, 3, 2, 3]);
-        d.on_tick(&o, &mut sink, t0 + Duration::from_secs(5)).expect("tick");
+        d.on_tick(&o, &mut sink, t0 + Duration::from_secs(5))
+            .expect("tick");
         assert_eq!(sink.sent.len(), 5, "no resend before the timeout");
-        d.on_tick(&o, &mut sink, t0 + Duration::from_secs(11)).expect("tick");
+        d.on_tick(&o, &mut sink, t0 + Duration::from_secs(11))
+            .expect("tick");
         assert_eq!(sink.sent, [1, 2, 3, 2, 3, 2, 3]);
     }
 

@@ -80,7 +80,11 @@ impl SystemProbe {
             mem_used_bytes: self.sys.used_memory(),
             mem_total_bytes: self.sys.total_memory(),
             backlog,
-            fps: if state.fps.is_finite() { state.fps.max(0.0) } else { 0.0 },
+            fps: if state.fps.is_finite() {
+                state.fps.max(0.0)
+            } else {
+                0.0
+            },
             version: env!("CARGO_PKG_VERSION").to_owned(),
             interval_s: state.interval_s.max(1),
             disk_free_bytes: disk.map(|d| d.0),

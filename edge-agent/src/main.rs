@@ -1,1 +1,180 @@
-fn main() {}
+//! `edgeqi-agent`: the EdgeQI edge daemon and its command line.
+//!
+//! `edgeqi-agent [run]` runs the agent; `edgeqi-agent check-config` validates
+//! the configuration (file, flags and environment together), prints every
+//! problem, and on success prints the effective configuration.
+
+mod agent;
+mod batcher;
+mod config;
+mod delivery;
+mod detect;
+mod frame;
+mod heartbeat;
+mod outbox;
+mod pipeline;
+mod source;
+mod systemd;
+mod uplink;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{AgentConfig, LogFormat, Overrides};
+
+/// Exit status for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgeqi-agent",
+    version,
+    about = "EdgeQI edge agent: cameras in, detections out over MQTT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    global: GlobalArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Validate the configuration and print the effective one.
+    CheckConfig {
+        /// Print the effective configuration as JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Every flag also has an environment variable and a config-file key.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// TOML config file (see configs/agent.toml).
+    #[arg(long, env = "EDGEQI_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node id, [A-Za-z0-9_-]{1,64} [key: node_id] [default: host name]
+    #[arg(long, env = "EDGEQI_NODE_ID", global = true, value_name = "ID")]
+    node_id: Option<String>,
+    /// Broker, mqtt://HOST:PORT or mqtts://HOST:PORT [key: mqtt.url] [default: mqtt://127.0.0.1:1883]
+    #[arg(long, env = "EDGEQI_MQTT_URL", global = true, value_name = "URL")]
+    mqtt_url: Option<String>,
+    /// Camera source, [ID=]URI, repeatable; replaces [[cameras]]. URIs: synthetic://, images://DIR
+    /// (rtsp://, file://, v4l2:// arrive with camera support). Comma-separated in the env var.
+    #[arg(
+        long = "source",
+        env = "EDGEQI_SOURCE",
+        global = true,
+        value_name = "URI",
+        value_delimiter = ','
+    )]
+    sources: Vec<String>,
+    /// Detector model file [key: model] [default: none, motion detector]
+    #[arg(long, env = "EDGEQI_MODEL", global = true, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Where the outbox lives [key: data_dir] [default: ./data/agent]
+    #[arg(long, env = "EDGEQI_DATA_DIR", global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Time between heartbeats, e.g. 10s [key: heartbeat_interval] [default: 10s]
+    #[arg(
+        long,
+        env = "EDGEQI_HEARTBEAT_INTERVAL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    heartbeat_interval: Option<String>,
+    /// Log format, text or json [key: log_format] [default: text]; RUST_LOG sets the level.
+    #[arg(long, env = "EDGEQI_LOG_FORMAT", global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+impl GlobalArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            node_id: self.node_id.clone(),
+            mqtt_url: self.mqtt_url.clone(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            model: self.model.clone(),
+            data_dir: self.data_dir.clone(),
+            heartbeat_interval: self.heartbeat_interval.clone(),
+            log_format: self.log_format.clone(),
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match AgentConfig::load(cli.global.config.as_deref(), &cli.global.overrides()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("error: {errors}");
+            eprintln!(
+                "Fix these and try again; `edgeqi-agent check-config` re-checks without starting."
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig { json } => {
+            let table = config.to_toml_table();
+            let text = if json {
+                serde_json::to_string_pretty(&table).map_err(|e| e.to_string())
+            } else {
+                toml::to_string(&table).map_err(|e| e.to_string())
+            };
+            match text {
+                Ok(text) => {
+                    println!("{text}");
+                    eprintln!("configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot print the effective configuration: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run => {
+            init_logging(config.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the async runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(agent::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

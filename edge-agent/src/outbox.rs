@@ -64,7 +64,9 @@ pub enum OutboxError {
          run the newer agent, or move the file away to start a new epoch"
     )]
     TooNew { path: PathBuf, found: i64 },
-    #[error("outbox row seq {seq} has a body that does not parse ({reason}); the database is damaged")]
+    #[error(
+        "outbox row seq {seq} has a body that does not parse ({reason}); the database is damaged"
+    )]
     CorruptRow { seq: u64, reason: String },
 }
 
@@ -131,11 +133,9 @@ pub struct Outbox {
 }
 
 fn counter(tx: &Connection, name: &str) -> rusqlite::Result<u64> {
-    let v: i64 = tx.query_row(
-        "SELECT value FROM counters WHERE name = ?1",
-        [name],
-        |r| r.get(0),
-    )?;
+    let v: i64 = tx.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })?;
     Ok(v as u64)
 }
 
@@ -156,7 +156,9 @@ fn add_counter(tx: &Connection, name: &str, delta: u64) -> rusqlite::Result<()> 
 }
 
 fn total_bytes(tx: &Connection) -> rusqlite::Result<u64> {
-    let v: i64 = tx.query_row("SELECT COALESCE(SUM(bytes), 0) FROM batches", [], |r| r.get(0))?;
+    let v: i64 = tx.query_row("SELECT COALESCE(SUM(bytes), 0) FROM batches", [], |r| {
+        r.get(0)
+    })?;
     Ok(v as u64)
 }
 
@@ -195,14 +197,16 @@ fn compact_body(body: &BatchBody) -> BatchBody {
         detections: Vec::new(),
         counts: counts
             .into_iter()
-            .map(|((minute, camera_id, zone, class_id, label), count)| DetectionCount {
-                minute,
-                camera_id,
-                zone,
-                class_id,
-                label,
-                count,
-            })
+            .map(
+                |((minute, camera_id, zone, class_id, label), count)| DetectionCount {
+                    minute,
+                    camera_id,
+                    zone,
+                    class_id,
+                    label,
+                    count,
+                },
+            )
             .collect(),
     }
 }
@@ -241,7 +245,9 @@ impl Outbox {
             },
         })?;
         let epoch: String = conn
-            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
             .map_err(db)?;
         Ok(Self {
             conn,
@@ -271,7 +277,10 @@ impl Outbox {
                  CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
             )?;
             let epoch = format!("{:016x}", rand::random::<u64>());
-            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [&epoch])?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
+                [&epoch],
+            )?;
             for name in COUNTERS {
                 tx.execute("INSERT INTO counters (name, value) VALUES (?1, 0)", [name])?;
             }
@@ -290,10 +299,6 @@ impl Outbox {
 
     pub fn epoch(&self) -> &str {
         &self.epoch
-    }
-
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
     }
 
     /// Stores `detections` as the next batch, making room first if needed.
@@ -418,10 +423,11 @@ impl Outbox {
         let mut out = Vec::new();
         for row in rows {
             let (seq, json) = row.map_err(|e| self.db(e))?;
-            let body: BatchBody = serde_json::from_str(&json).map_err(|e| OutboxError::CorruptRow {
-                seq,
-                reason: e.to_string(),
-            })?;
+            let body: BatchBody =
+                serde_json::from_str(&json).map_err(|e| OutboxError::CorruptRow {
+                    seq,
+                    reason: e.to_string(),
+                })?;
             out.push(PendingBatch {
                 seq,
                 detections: body.detections,
@@ -481,11 +487,6 @@ impl Outbox {
             .query_row("SELECT MIN(seq) FROM batches", [], |r| r.get(0))
             .map_err(|e| self.db(e))?;
         Ok(v.map(|v| v as u64))
-    }
-
-    /// The highest seq ever assigned (0 before the first batch).
-    pub fn last_seq(&self) -> Result<u64, OutboxError> {
-        counter(&self.conn, "last_seq").map_err(|e| self.db(e))
     }
 
     pub fn acked_seq(&self) -> Result<u64, OutboxError> {
@@ -589,7 +590,12 @@ mod tests {
         let mut o = Outbox::open(&path, 1 << 20).expect("reopen");
         assert_eq!(o.epoch(), epoch);
         assert_eq!(stored(o.append(dets(1)).expect("append")), 4);
-        let seqs: Vec<u64> = o.pending(0, 100).expect("pending").iter().map(|b| b.seq).collect();
+        let seqs: Vec<u64> = o
+            .pending(0, 100)
+            .expect("pending")
+            .iter()
+            .map(|b| b.seq)
+            .collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert_eq!(counter_of(&o, "enqueued_batches"), 4);
         assert_eq!(counter_of(&o, "enqueued_detections"), 7);
@@ -643,7 +649,10 @@ mod tests {
             .map(|b| b.detections.len() as u64 + b.counts.iter().map(|c| c.count).sum::<u64>())
             .sum();
         assert_eq!(in_rows + h.shed_detections, appended);
-        assert_eq!(counter_of(&o, "enqueued_detections") + h.shed_detections, appended);
+        assert_eq!(
+            counter_of(&o, "enqueued_detections") + h.shed_detections,
+            appended
+        );
         // Per-row accounting holds after compaction.
         let per_row: i64 = o
             .conn
@@ -677,7 +686,12 @@ mod tests {
         assert!(h.pending_bytes <= 300);
         assert_eq!(counter_of(&o, "enqueued_detections"), stored_n);
         // Seqs stay contiguous: shed batches take no seq.
-        let seqs: Vec<u64> = o.pending(0, 100).expect("pending").iter().map(|b| b.seq).collect();
+        let seqs: Vec<u64> = o
+            .pending(0, 100)
+            .expect("pending")
+            .iter()
+            .map(|b| b.seq)
+            .collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     }
 }

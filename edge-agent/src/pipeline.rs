@@ -279,7 +279,9 @@ mod tests {
         let health = p.health();
         p.join();
         assert!(!got.is_empty());
-        assert!(got.iter().all(|d| d.camera_id == "gate" && d.label == "motion"));
+        assert!(got
+            .iter()
+            .all(|d| d.camera_id == "gate" && d.label == "motion"));
         for d in &got {
             let [x1, y1, x2, y2] = d.bbox;
             assert!(x1 <= x2 && y1 <= y2 && x2 <= 320.0 && y2 <= 240.0, "{d:?}");

@@ -13,7 +13,9 @@ use std::time::Duration;
 use chrono::Utc;
 use edgeqi_shared::protocol::encode;
 use edgeqi_shared::{DetectionBatch, Heartbeat, NodeStatus, Topic, TopicKind, PROTOCOL_VERSION};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -25,8 +27,8 @@ use crate::delivery::BatchSink;
 pub enum UplinkEvent {
     /// ConnAck received: subscribe, announce, resend.
     Connected,
-    /// The connection dropped (the task is already backing off).
-    Disconnected(String),
+    /// The connection dropped (the task logged why and is backing off).
+    Disconnected,
     /// A publish on a topic we subscribed to.
     Message { topic: String, payload: Vec<u8> },
 }
@@ -34,7 +36,9 @@ pub enum UplinkEvent {
 /// Why the uplink could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    #[error("mqtts: no usable CA certificates found on this system ({0}); install ca-certificates")]
+    #[error(
+        "mqtts: no usable CA certificates found on this system ({0}); install ca-certificates"
+    )]
     NoRootCerts(String),
 }
 
@@ -93,7 +97,10 @@ fn tls_transport() -> Result<Transport, UplinkError> {
     let mut roots = rustls::RootCertStore::empty();
     let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
     if ignored > 0 {
-        tracing::warn!(ignored, "skipped system CA certificates rustls cannot parse");
+        tracing::warn!(
+            ignored,
+            "skipped system CA certificates rustls cannot parse"
+        );
     }
     if added == 0 {
         return Err(UplinkError::NoRootCerts(format!(
@@ -107,7 +114,11 @@ fn tls_transport() -> Result<Transport, UplinkError> {
     Ok(Transport::tls_with_config(config.into()))
 }
 
-fn options(node_id: &str, mqtt: &MqttConfig, max_inflight: usize) -> Result<MqttOptions, UplinkError> {
+fn options(
+    node_id: &str,
+    mqtt: &MqttConfig,
+    max_inflight: usize,
+) -> Result<MqttOptions, UplinkError> {
     let mut o = MqttOptions::new(node_id, mqtt.url.host.clone(), mqtt.url.port);
     o.set_keep_alive(mqtt.keep_alive);
     o.set_clean_session(false);
@@ -116,7 +127,11 @@ fn options(node_id: &str, mqtt: &MqttConfig, max_inflight: usize) -> Result<Mqtt
     // Room for our batch window plus status publishes.
     o.set_inflight((max_inflight + 8).min(u16::MAX as usize) as u16);
     if let Some(user) = &mqtt.username {
-        let password = mqtt.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        let password = mqtt
+            .password
+            .as_ref()
+            .map(|p| p.0.clone())
+            .unwrap_or_default();
         o.set_credentials(user.clone(), password);
     }
     o.set_last_will(LastWill::new(
@@ -165,7 +180,10 @@ impl Uplink {
 
     /// After each ConnAck: listen for acks and say we are online.
     pub fn announce(&self) {
-        if let Err(e) = self.client.try_subscribe(self.topics.ack.clone(), QoS::AtLeastOnce) {
+        if let Err(e) = self
+            .client
+            .try_subscribe(self.topics.ack.clone(), QoS::AtLeastOnce)
+        {
             tracing::warn!(error = %e, "could not queue the ack subscription");
         }
         self.publish_status(true);
@@ -173,9 +191,9 @@ impl Uplink {
 
     pub fn publish_status(&self, online: bool) {
         let payload = status_payload(&self.node_id, online);
-        if let Err(e) = self
-            .client
-            .try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, payload)
+        if let Err(e) =
+            self.client
+                .try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, payload)
         {
             tracing::warn!(error = %e, online, "could not queue the status message");
         }
@@ -204,12 +222,21 @@ impl BatchSink for Uplink {
     fn send(&mut self, batch: &DetectionBatch) -> Result<(), String> {
         let payload = encode(batch);
         if payload.len() > self.max_packet_size {
-            tracing::error!(seq = batch.seq, bytes = payload.len(), limit = self.max_packet_size,
-                "batch exceeds mqtt.max_packet_size; raise it (the broker's limit too)");
+            tracing::error!(
+                seq = batch.seq,
+                bytes = payload.len(),
+                limit = self.max_packet_size,
+                "batch exceeds mqtt.max_packet_size; raise it (the broker's limit too)"
+            );
             return Err("over mqtt.max_packet_size".into());
         }
         self.client
-            .try_publish(self.topics.detections.clone(), QoS::AtLeastOnce, false, payload)
+            .try_publish(
+                self.topics.detections.clone(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .map_err(|e| e.to_string())
     }
 }
@@ -256,11 +283,7 @@ async fn drive(
                 if connected {
                     connected = false;
                     tracing::warn!(broker = %url, error = %e, "lost the MQTT connection");
-                    if events
-                        .send(UplinkEvent::Disconnected(e.to_string()))
-                        .await
-                        .is_err()
-                    {
+                    if events.send(UplinkEvent::Disconnected).await.is_err() {
                         return;
                     }
                 }

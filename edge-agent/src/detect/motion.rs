@@ -170,7 +170,10 @@ impl Detector for MotionBlobDetector {
             }
             let mut hits = 0usize;
             for y in b.y0..=b.y1 {
-                hits += changed[y * w + b.x0..=y * w + b.x1].iter().filter(|c| **c).count();
+                hits += changed[y * w + b.x0..=y * w + b.x1]
+                    .iter()
+                    .filter(|c| **c)
+                    .count();
             }
             let box_area = (b.x1 - b.x0 + 1) * (b.y1 - b.y0 + 1);
             let score = (hits as f32 / box_area as f32).clamp(0.0, 1.0);
@@ -229,18 +232,27 @@ mod tests {
     #[test]
     fn a_square_that_jumps_is_two_blobs_where_it_left_and_arrived() {
         let mut d = MotionBlobDetector::new(MotionConfig::default());
-        assert!(d.detect(&frame_with_square(100, 200)).expect("ok").is_empty());
+        assert!(d
+            .detect(&frame_with_square(100, 200))
+            .expect("ok")
+            .is_empty());
         let boxes = d.detect(&frame_with_square(300, 200)).expect("ok");
         // Motion covers where the square left and where it arrived: two
         // separate blobs, 200 px apart, each about 40 px wide.
         assert_eq!(boxes.len(), 2, "{boxes:?}");
         let mut xs: Vec<f32> = boxes.iter().map(|b| b.bbox[0]).collect();
         xs.sort_by(f32::total_cmp);
-        assert!((xs[0] - 100.0).abs() <= 6.0 && (xs[1] - 300.0).abs() <= 6.0, "{boxes:?}");
+        assert!(
+            (xs[0] - 100.0).abs() <= 6.0 && (xs[1] - 300.0).abs() <= 6.0,
+            "{boxes:?}"
+        );
         for b in &boxes {
             assert_eq!(b.label, "motion");
             assert_eq!(b.class_id, None);
-            assert!((b.bbox[1] - 200.0).abs() <= 6.0 && (b.bbox[3] - 240.0).abs() <= 6.0, "{b:?}");
+            assert!(
+                (b.bbox[1] - 200.0).abs() <= 6.0 && (b.bbox[3] - 240.0).abs() <= 6.0,
+                "{b:?}"
+            );
             assert!((0.5..=1.0).contains(&b.score), "{b:?}");
         }
     }
@@ -252,8 +264,16 @@ mod tests {
         let boxes = d.detect(&frame_with_square(112, 100)).expect("ok");
         assert_eq!(boxes.len(), 1, "{boxes:?}");
         let [x1, y1, x2, y2] = boxes[0].bbox;
-        assert!((x1 - 100.0).abs() <= 6.0 && (x2 - 152.0).abs() <= 6.0, "{:?}", boxes[0]);
-        assert!((y1 - 100.0).abs() <= 6.0 && (y2 - 140.0).abs() <= 6.0, "{:?}", boxes[0]);
+        assert!(
+            (x1 - 100.0).abs() <= 6.0 && (x2 - 152.0).abs() <= 6.0,
+            "{:?}",
+            boxes[0]
+        );
+        assert!(
+            (y1 - 100.0).abs() <= 6.0 && (y2 - 140.0).abs() <= 6.0,
+            "{:?}",
+            boxes[0]
+        );
     }
 
     #[test]

@@ -35,8 +35,11 @@ impl ImageDirSource {
             dir: dir.to_owned(),
             reason,
         };
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| err(format!("cannot list it ({e}); check the path in the source URI")))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            err(format!(
+                "cannot list it ({e}); check the path in the source URI"
+            ))
+        })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && is_image(p))
@@ -141,10 +144,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = ImageDirSource::open("c", dir.path(), true).expect_err("empty");
         assert!(err.to_string().contains("no .jpg"), "{err}");
-        let err = ImageDirSource::open("c", &dir.path().join("missing"), true).expect_err("missing");
+        let err =
+            ImageDirSource::open("c", &dir.path().join("missing"), true).expect_err("missing");
         assert!(err.to_string().contains("cannot list"), "{err}");
         std::fs::write(dir.path().join("x.png"), b"junk").expect("write");
         let mut s = ImageDirSource::open("c", dir.path(), true).expect("open");
-        assert!(s.next_frame().is_err(), "all-corrupt directory is an error, not a busy loop");
+        assert!(
+            s.next_frame().is_err(),
+            "all-corrupt directory is an error, not a busy loop"
+        );
     }
 }

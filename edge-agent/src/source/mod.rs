@@ -132,9 +132,12 @@ mod tests {
 
     #[test]
     fn parses_known_schemes() {
-        let (s, fps) = SourceSpec::parse("synthetic://?objects=2&frames=5&seed=9&fps=4").expect("ok");
+        let (s, fps) =
+            SourceSpec::parse("synthetic://?objects=2&frames=5&seed=9&fps=4").expect("ok");
         assert_eq!(fps, Some(4.0));
-        let SourceSpec::Synthetic(p) = s else { panic!("synthetic expected") };
+        let SourceSpec::Synthetic(p) = s else {
+            panic!("synthetic expected")
+        };
         assert_eq!((p.objects, p.frames, p.seed), (2, Some(5), 9));
         let dir = tempfile::tempdir().expect("tempdir");
         let uri = format!("images://{}?loop=false", dir.path().display());

@@ -61,7 +61,10 @@ impl SyntheticParams {
             ));
         }
         if p.objects > 100 {
-            return Err(format!("synthetic:// objects={} is more than 100", p.objects));
+            return Err(format!(
+                "synthetic:// objects={} is more than 100",
+                p.objects
+            ));
         }
         Ok(p)
     }
