@@ -3,6 +3,8 @@
 //! file reader that reports every bad key in one pass ([`config`]).
 
 pub mod config;
+#[cfg(feature = "detector")]
+pub mod detector;
 pub mod endpoint;
 pub mod protocol;
 pub mod topic;

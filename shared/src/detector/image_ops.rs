@@ -1,0 +1,183 @@
+//! Pre- and post-processing around the network, matching the reference
+//! pipeline: letterbox (bilinear resize keeping aspect ratio, grey 114
+//! padding centred, RGB / 255), then per-class NMS on plain vectors.
+
+/// How a source image was placed in the model input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    /// Source pixels → model pixels.
+    pub gain: f32,
+    pub pad_x: f32,
+    pub pad_y: f32,
+}
+
+impl Letterbox {
+    /// Maps a box in model pixels back to source pixels (not clipped, like the reference).
+    pub fn unmap(&self, b: [f32; 4]) -> [f32; 4] {
+        [
+            (b[0] - self.pad_x) / self.gain,
+            (b[1] - self.pad_y) / self.gain,
+            (b[2] - self.pad_x) / self.gain,
+            (b[3] - self.pad_y) / self.gain,
+        ]
+    }
+}
+
+/// Letterboxes an RGB8 image into an NHWC f32 `[out_h][out_w][3]` in `[0, 1]`.
+pub fn letterbox(
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    out_w: usize,
+    out_h: usize,
+) -> (Vec<f32>, Letterbox) {
+    let gain = (out_h as f32 / h as f32).min(out_w as f32 / w as f32);
+    let new_w = ((w as f32 * gain).round() as usize).clamp(1, out_w);
+    let new_h = ((h as f32 * gain).round() as usize).clamp(1, out_h);
+    let dw = (out_w - new_w) as f32 / 2.0;
+    let dh = (out_h - new_h) as f32 / 2.0;
+    // Ultralytics' rounding: the odd pixel of padding goes right / bottom.
+    let left = (dw - 0.1).round().max(0.0) as usize;
+    let top = (dh - 0.1).round().max(0.0) as usize;
+    let resized = resize_bilinear(rgb, w, h, new_w, new_h);
+    let grey = 114.0 / 255.0;
+    let mut out = vec![grey; out_w * out_h * 3];
+    for y in 0..new_h {
+        let src = &resized[y * new_w * 3..(y + 1) * new_w * 3];
+        let dst = &mut out[((y + top) * out_w + left) * 3..((y + top) * out_w + left + new_w) * 3];
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f32::from(s) / 255.0;
+        }
+    }
+    (
+        out,
+        Letterbox {
+            gain,
+            pad_x: left as f32,
+            pad_y: top as f32,
+        },
+    )
+}
+
+/// Bilinear resize with half-pixel centres and no antialiasing (OpenCV's
+/// `INTER_LINEAR`), rounding back to u8 as OpenCV does.
+pub fn resize_bilinear(rgb: &[u8], w: usize, h: usize, nw: usize, nh: usize) -> Vec<u8> {
+    if nw == w && nh == h {
+        return rgb.to_vec();
+    }
+    let axis = |n_out: usize, n_in: usize| -> Vec<(usize, usize, f32)> {
+        let scale = n_in as f32 / n_out as f32;
+        (0..n_out)
+            .map(|o| {
+                let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let xs = axis(nw, w);
+    let ys = axis(nh, h);
+    let mut out = vec![0u8; nw * nh * 3];
+    for (oy, &(y0, y1, fy)) in ys.iter().enumerate() {
+        for (ox, &(x0, x1, fx)) in xs.iter().enumerate() {
+            for c in 0..3 {
+                let p = |y: usize, x: usize| f32::from(rgb[(y * w + x) * 3 + c]);
+                let top = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
+                let bot = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
+                out[(oy * nw + ox) * 3 + c] =
+                    (top * (1.0 - fy) + bot * fy).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// A candidate box before NMS, in model or source pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub class_id: usize,
+    pub score: f32,
+    pub bbox: [f32; 4],
+}
+
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Greedy per-class NMS; returns survivors by descending score.
+pub fn nms(mut cands: Vec<Candidate>, iou_threshold: f32) -> Vec<Candidate> {
+    cands.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Candidate> = Vec::new();
+    for c in cands {
+        if kept
+            .iter()
+            .all(|k| k.class_id != c.class_id || iou(&k.bbox, &c.bbox) <= iou_threshold)
+        {
+            kept.push(c);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letterbox_centres_a_wide_image() {
+        let rgb = vec![255u8; 200 * 100 * 3];
+        let (img, lb) = letterbox(&rgb, 200, 100, 64, 64);
+        assert_eq!(lb.gain, 0.32);
+        assert_eq!((lb.pad_x, lb.pad_y), (0.0, 16.0));
+        assert!((img[0] - 114.0 / 255.0).abs() < 1e-6, "top band is grey");
+        assert_eq!(img[(20 * 64 + 5) * 3], 1.0, "picture is white");
+        assert_eq!(lb.unmap([0.0, 16.0, 64.0, 48.0]), [0.0, 0.0, 200.0, 100.0]);
+    }
+
+    #[test]
+    fn nms_is_per_class_and_keeps_the_best() {
+        let c = |class_id, score, x: f32| Candidate {
+            class_id,
+            score,
+            bbox: [x, 0.0, x + 10.0, 10.0],
+        };
+        let kept = nms(
+            vec![
+                c(0, 0.5, 1.0),
+                c(0, 0.9, 0.0),
+                c(1, 0.7, 0.0),
+                c(0, 0.6, 50.0),
+            ],
+            0.45,
+        );
+        let scores: Vec<f32> = kept.iter().map(|k| k.score).collect();
+        assert_eq!(scores, vec![0.9, 0.7, 0.6]);
+    }
+
+    #[test]
+    fn nms_survives_nan_scores() {
+        let mut c = Candidate {
+            class_id: 0,
+            score: f32::NAN,
+            bbox: [0.0; 4],
+        };
+        let kept = nms(
+            vec![c, {
+                c.score = 0.5;
+                c
+            }],
+            0.45,
+        );
+        assert_eq!(kept.len(), 2);
+    }
+}
