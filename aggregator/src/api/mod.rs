@@ -20,6 +20,7 @@ use crate::ingest::IngestHealth;
 use crate::live::LiveBus;
 use crate::store::{DetectionQuery, Store};
 
+mod dashboard;
 mod error;
 mod ws;
 
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .merge(dashboard::routes())
         .nest("/api/v1", api)
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
