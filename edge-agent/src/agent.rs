@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use edgeqi_shared::protocol::{decode, DEFAULT_MAX_PAYLOAD_BYTES};
-use edgeqi_shared::{Ack, Detection};
+use edgeqi_shared::protocol::{EventBatch, LineCount, TrackEvent};
+use edgeqi_shared::{Ack, Detection, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio::time::{interval, sleep_until, MissedTickBehavior};
 
@@ -23,7 +24,7 @@ use crate::config::AgentConfig;
 use crate::delivery::{AckResult, Delivery};
 use crate::heartbeat::{AgentState, SystemProbe};
 use crate::outbox::{Appended, Outbox, OutboxError};
-use crate::pipeline::Pipelines;
+use crate::pipeline::{Analytics, Pipelines};
 use crate::uplink::{Uplink, UplinkEvent};
 use crate::{detect, systemd};
 
@@ -33,6 +34,53 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const DELIVERY_TICK: Duration = Duration::from_millis(250);
 /// Detections buffered between the cameras and the batcher.
 const DETECTION_CHANNEL: usize = 4096;
+/// Events, line counts and snapshots buffered between the cameras and the uplink.
+const ANALYTICS_CHANNEL: usize = 1024;
+/// Track events are sent at least this often (and when 200 are waiting).
+const EVENT_FLUSH: Duration = Duration::from_secs(1);
+const EVENT_BATCH_MAX: usize = 200;
+
+/// Track events and line counts waiting to be published together.
+#[derive(Debug, Default)]
+struct PendingEvents {
+    events: Vec<TrackEvent>,
+    line_counts: Vec<LineCount>,
+}
+
+impl PendingEvents {
+    fn add(&mut self, a: Analytics, uplink: &Uplink, node_id: &str) {
+        match a {
+            Analytics::Event(e) => self.events.push(e),
+            Analytics::LineCounts(counts) => {
+                for c in counts {
+                    // Totals: the newest replaces an older one of the same key.
+                    self.line_counts.retain(|o| {
+                        (&o.camera_id, &o.line, &o.label, &o.direction)
+                            != (&c.camera_id, &c.line, &c.label, &c.direction)
+                    });
+                    self.line_counts.push(c);
+                }
+            }
+            Analytics::Snapshot(s) => uplink.publish_snapshot(&s),
+        }
+        if self.events.len() >= EVENT_BATCH_MAX {
+            self.flush(uplink, node_id);
+        }
+    }
+
+    fn flush(&mut self, uplink: &Uplink, node_id: &str) {
+        if self.events.is_empty() && self.line_counts.is_empty() {
+            return;
+        }
+        uplink.publish_events(&EventBatch {
+            v: PROTOCOL_VERSION,
+            node_id: node_id.to_owned(),
+            sent_at: chrono::Utc::now(),
+            events: std::mem::take(&mut self.events),
+            line_counts: std::mem::take(&mut self.line_counts),
+        });
+    }
+}
 
 struct Agent {
     config: AgentConfig,
@@ -153,7 +201,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
 
     let (det_tx, mut det_rx) = mpsc::channel(DETECTION_CHANNEL);
-    let pipelines = Pipelines::start(&config, det_tx).context("cannot start camera threads")?;
+    let (an_tx, mut an_rx) = mpsc::channel(ANALYTICS_CHANNEL);
+    let pipelines =
+        Pipelines::start(&config, det_tx, Some(an_tx)).context("cannot start camera threads")?;
+    let mut pending_events = PendingEvents::default();
+    let mut event_flush = interval(EVENT_FLUSH);
+    event_flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     crate::uplink::install_crypto_provider();
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
@@ -203,6 +256,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     cameras_running = false;
                 }
             },
+            a = an_rx.recv(), if cameras_running => {
+                if let Some(a) = a {
+                    pending_events.add(a, &agent.uplink, &agent.config.node_id);
+                }
+            }
+            _ = event_flush.tick() => pending_events.flush(&agent.uplink, &agent.config.node_id),
             _ = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
                 let batch = agent.batcher.seal();
                 agent.store(batch);
@@ -245,6 +304,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Err(e) = tokio::task::spawn_blocking(move || pipelines.join()).await {
         tracing::error!(error = %e, "camera threads did not stop cleanly");
     }
+    while let Ok(a) = an_rx.try_recv() {
+        pending_events.add(a, &agent.uplink, &agent.config.node_id);
+    }
+    pending_events.flush(&agent.uplink, &agent.config.node_id);
     let last = agent.batcher.seal();
     agent.store(last);
 

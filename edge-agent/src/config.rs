@@ -14,7 +14,11 @@ use edgeqi_shared::config::{ByteSize, ConfigDoc, ConfigErrors, HumanDuration};
 use edgeqi_shared::protocol::MAX_DETECTIONS_PER_BATCH;
 use edgeqi_shared::topic::is_valid_node_id;
 
-use crate::source::SourceSpec;
+use crate::motion_gate::MotionGateConfig;
+use crate::snapshot::SnapshotConfig;
+use crate::source::{redact_uri, RtspTransport, SourceSpec};
+use crate::tracker::TrackerConfig;
+use crate::zones::{Line, Point, Zone};
 
 /// Where the agent keeps its outbox when nothing else is said.
 pub fn default_data_dir() -> PathBuf {
@@ -67,6 +71,10 @@ pub const fn default_motion_analysis_width() -> u32 {
 }
 pub const fn default_camera_fps() -> f64 {
     10.0
+}
+/// No frame for this long marks a camera stalled and reconnects it.
+pub const fn default_stall_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Upper bound for a camera's `fps`: the agent samples, it does not record.
@@ -233,10 +241,20 @@ impl Default for MotionConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CameraConfig {
     pub id: String,
-    /// The URI as the user wrote it, for messages and `check-config`.
+    /// The URI as the user wrote it, for messages and `check-config`; may
+    /// hold credentials, so print it through [`redact_uri`].
     pub uri: String,
     pub source: SourceSpec,
+    /// Pace of sources that do not pace themselves (synthetic://, images://).
     pub fps: f64,
+    /// Inferences per second at most; `None` infers every frame the
+    /// detector can keep up with.
+    pub detect_fps: Option<f64>,
+    pub stall_timeout: Duration,
+    pub zones: Vec<Zone>,
+    pub lines: Vec<Line>,
+    /// Areas the motion gate ignores.
+    pub masks: Vec<Vec<Point>>,
 }
 
 /// Everything the agent needs to run, validated.
@@ -250,6 +268,9 @@ pub struct AgentConfig {
     pub mqtt: MqttConfig,
     pub outbox: OutboxConfig,
     pub motion: MotionConfig,
+    pub motion_gate: MotionGateConfig,
+    pub tracker: TrackerConfig,
+    pub snapshots: SnapshotConfig,
     pub cameras: Vec<CameraConfig>,
 }
 
@@ -401,6 +422,9 @@ impl AgentConfig {
         let mqtt = read_mqtt(&mut doc, o);
         let outbox = read_outbox(&mut doc);
         let motion = read_motion(&mut doc);
+        let motion_gate = read_motion_gate(&mut doc);
+        let tracker = read_tracker(&mut doc);
+        let snapshots = read_snapshots(&mut doc);
         let cameras = read_cameras(&mut doc, o);
 
         let batch_bytes = outbox.batch_max_detections as u64 * MAX_DETECTION_JSON_BYTES + 4096;
@@ -431,6 +455,9 @@ impl AgentConfig {
             mqtt,
             outbox,
             motion,
+            motion_gate,
+            tracker,
+            snapshots,
             cameras,
         })
     }
@@ -509,14 +536,101 @@ impl AgentConfig {
         );
         root.insert("motion".into(), Value::Table(motion));
 
+        let g = &self.motion_gate;
+        let mut gate = toml::Table::new();
+        gate.insert("enabled".into(), Value::Boolean(g.enabled));
+        gate.insert("analysis_width".into(), Value::Integer(i64::from(g.analysis_width)));
+        gate.insert("pixel_threshold".into(), Value::Integer(i64::from(g.pixel_threshold)));
+        gate.insert("min_changed_fraction".into(), Value::Float(f64::from(g.min_changed_fraction)));
+        gate.insert("background_rate".into(), Value::Float(f64::from(g.background_rate)));
+        gate.insert("refresh_interval".into(), dur(g.refresh_interval));
+        root.insert("motion_gate".into(), Value::Table(gate));
+
+        let t = &self.tracker;
+        let mut tracker = toml::Table::new();
+        tracker.insert("iou_threshold".into(), Value::Float(f64::from(t.iou_threshold)));
+        tracker.insert("high_score".into(), Value::Float(f64::from(t.high_score)));
+        tracker.insert("low_score".into(), Value::Float(f64::from(t.low_score)));
+        tracker.insert("min_hits".into(), Value::Integer(i64::from(t.min_hits)));
+        tracker.insert("max_age".into(), dur(t.max_age));
+        root.insert("tracker".into(), Value::Table(tracker));
+
+        let sn = &self.snapshots;
+        let mut snapshots = toml::Table::new();
+        snapshots.insert("enabled".into(), Value::Boolean(sn.enabled));
+        snapshots.insert("full_frame".into(), Value::Boolean(sn.full_frame));
+        snapshots.insert("jpeg_quality".into(), Value::Integer(i64::from(sn.jpeg_quality)));
+        snapshots.insert("max_side".into(), Value::Integer(i64::from(sn.max_side)));
+        root.insert("snapshots".into(), Value::Table(snapshots));
+
+        let point = |p: &Point| {
+            Value::Array(vec![Value::Float(f64::from(p[0])), Value::Float(f64::from(p[1]))])
+        };
         let cameras = self
             .cameras
             .iter()
             .map(|c| {
                 let mut t = toml::Table::new();
                 t.insert("id".into(), Value::String(c.id.clone()));
-                t.insert("uri".into(), Value::String(c.uri.clone()));
+                t.insert("uri".into(), Value::String(redact_uri(&c.uri)));
                 t.insert("fps".into(), Value::Float(c.fps));
+                if let Some(d) = c.detect_fps {
+                    t.insert("detect_fps".into(), Value::Float(d));
+                }
+                t.insert("stall_timeout".into(), dur(c.stall_timeout));
+                if let SourceSpec::Rtsp {
+                    username,
+                    password,
+                    transport,
+                    ..
+                } = &c.source
+                {
+                    if let Some(u) = username {
+                        t.insert("username".into(), Value::String(u.clone()));
+                    }
+                    if password.is_some() {
+                        t.insert("password".into(), Value::String("<redacted>".into()));
+                    }
+                    t.insert("transport".into(), Value::String(transport.as_str().into()));
+                }
+                let zones: Vec<Value> = c
+                    .zones
+                    .iter()
+                    .map(|z| {
+                        let mut zt = toml::Table::new();
+                        zt.insert("id".into(), Value::String(z.id.clone()));
+                        zt.insert("polygon".into(), Value::Array(z.polygon.iter().map(point).collect()));
+                        Value::Table(zt)
+                    })
+                    .collect();
+                if !zones.is_empty() {
+                    t.insert("zones".into(), Value::Array(zones));
+                }
+                let lines: Vec<Value> = c
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        let mut lt = toml::Table::new();
+                        lt.insert("id".into(), Value::String(l.id.clone()));
+                        lt.insert("from".into(), point(&l.from));
+                        lt.insert("to".into(), point(&l.to));
+                        Value::Table(lt)
+                    })
+                    .collect();
+                if !lines.is_empty() {
+                    t.insert("lines".into(), Value::Array(lines));
+                }
+                if !c.masks.is_empty() {
+                    t.insert(
+                        "masks".into(),
+                        Value::Array(
+                            c.masks
+                                .iter()
+                                .map(|m| Value::Array(m.iter().map(point).collect()))
+                                .collect(),
+                        ),
+                    );
+                }
                 Value::Table(t)
             })
             .collect();
@@ -667,6 +781,189 @@ fn read_motion(doc: &mut ConfigDoc) -> MotionConfig {
     }
 }
 
+fn read_motion_gate(doc: &mut ConfigDoc) -> MotionGateConfig {
+    let d = MotionGateConfig::default();
+    MotionGateConfig {
+        enabled: doc.get::<bool>("motion_gate.enabled").unwrap_or(d.enabled),
+        analysis_width: doc
+            .get_checked::<u32>("motion_gate.analysis_width", check_range(16, 1920, " pixels"))
+            .unwrap_or(d.analysis_width),
+        pixel_threshold: doc
+            .get_checked::<u8>("motion_gate.pixel_threshold", check_range(1, 255, ""))
+            .unwrap_or(d.pixel_threshold),
+        min_changed_fraction: doc
+            .get_checked::<f32>("motion_gate.min_changed_fraction", check_range(0.0, 1.0, ""))
+            .unwrap_or(d.min_changed_fraction),
+        background_rate: doc
+            .get_checked::<f32>("motion_gate.background_rate", check_range(0.001, 1.0, ""))
+            .unwrap_or(d.background_rate),
+        refresh_interval: doc
+            .get_checked::<HumanDuration>("motion_gate.refresh_interval", positive_duration)
+            .map_or(d.refresh_interval, |v| v.0),
+    }
+}
+
+fn read_tracker(doc: &mut ConfigDoc) -> TrackerConfig {
+    let d = TrackerConfig::default();
+    let t = TrackerConfig {
+        iou_threshold: doc
+            .get_checked::<f32>("tracker.iou_threshold", check_range(0.01, 1.0, ""))
+            .unwrap_or(d.iou_threshold),
+        high_score: doc
+            .get_checked::<f32>("tracker.high_score", check_range(0.0, 1.0, ""))
+            .unwrap_or(d.high_score),
+        low_score: doc
+            .get_checked::<f32>("tracker.low_score", check_range(0.0, 1.0, ""))
+            .unwrap_or(d.low_score),
+        min_hits: doc
+            .get_checked::<u32>("tracker.min_hits", check_range(1, 100, " frames"))
+            .unwrap_or(d.min_hits),
+        max_age: doc
+            .get_checked::<HumanDuration>("tracker.max_age", positive_duration)
+            .map_or(d.max_age, |v| v.0),
+    };
+    if t.low_score > t.high_score {
+        doc.problem("tracker.low_score", "must not be above tracker.high_score");
+    }
+    t
+}
+
+fn read_snapshots(doc: &mut ConfigDoc) -> SnapshotConfig {
+    let d = SnapshotConfig::default();
+    SnapshotConfig {
+        enabled: doc.get::<bool>("snapshots.enabled").unwrap_or(d.enabled),
+        full_frame: doc.get::<bool>("snapshots.full_frame").unwrap_or(d.full_frame),
+        jpeg_quality: doc
+            .get_checked::<u8>("snapshots.jpeg_quality", check_range(1, 100, ""))
+            .unwrap_or(d.jpeg_quality),
+        max_side: doc
+            .get_checked::<u32>("snapshots.max_side", check_range(16, 4096, " pixels"))
+            .unwrap_or(d.max_side),
+    }
+}
+
+/// Camera keys beyond id, uri and fps, read from one `[[cameras]]` table.
+#[derive(Debug, Default)]
+struct CameraExtras {
+    detect_fps: Option<f64>,
+    stall_timeout: Option<Duration>,
+    username: Option<String>,
+    password: Option<Secret>,
+    transport: Option<RtspTransport>,
+    zones: Vec<Zone>,
+    lines: Vec<Line>,
+    masks: Vec<Vec<Point>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZoneToml {
+    id: String,
+    polygon: Vec<Point>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineToml {
+    id: String,
+    from: Point,
+    to: Point,
+}
+
+fn normalised(p: &Point) -> bool {
+    p.iter().all(|c| (0.0..=1.0).contains(c))
+}
+
+fn read_camera_extras(doc: &mut ConfigDoc, table: &toml::Table, key: &dyn Fn(&str) -> String) -> CameraExtras {
+    let mut x = CameraExtras::default();
+    let number = |v: &toml::Value| match v {
+        toml::Value::Integer(n) => Some(*n as f64),
+        toml::Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    if let Some(v) = table.get("detect_fps") {
+        match number(v) {
+            Some(f) if f > 0.0 && f <= MAX_CAMERA_FPS => x.detect_fps = Some(f),
+            _ => doc.problem(&key("detect_fps"), format!("must be a number in (0, {MAX_CAMERA_FPS}]")),
+        }
+    }
+    if let Some(v) = table.get("stall_timeout") {
+        match v.as_str().map(str::parse::<HumanDuration>) {
+            Some(Ok(d)) if d.0 >= Duration::from_secs(1) => x.stall_timeout = Some(d.0),
+            _ => doc.problem(&key("stall_timeout"), "must be a duration of at least 1s, e.g. \"10s\""),
+        }
+    }
+    if let Some(v) = table.get("username") {
+        match v.as_str() {
+            Some(u) => x.username = Some(u.to_owned()),
+            None => doc.problem(&key("username"), "expected a string"),
+        }
+    }
+    if let Some(v) = table.get("password") {
+        match v.as_str() {
+            Some(p) => x.password = Some(Secret(p.to_owned())),
+            None => doc.problem(&key("password"), "expected a string"),
+        }
+    }
+    if let Some(v) = table.get("transport") {
+        match v.as_str().map(RtspTransport::parse) {
+            Some(Ok(t)) => x.transport = Some(t),
+            Some(Err(e)) => doc.problem(&key("transport"), e),
+            None => doc.problem(&key("transport"), "expected \"tcp\", \"udp\" or \"auto\""),
+        }
+    }
+    if let Some(v) = table.get("zones") {
+        match v.clone().try_into::<Vec<ZoneToml>>() {
+            Ok(zones) => {
+                for (j, z) in zones.into_iter().enumerate() {
+                    if z.polygon.len() < 3 || !z.polygon.iter().all(normalised) {
+                        doc.problem(
+                            &key(&format!("zones[{j}].polygon")),
+                            "needs at least 3 [x, y] points, each coordinate in 0..=1 (fractions of the frame)",
+                        );
+                    } else if !is_valid_node_id(&z.id) {
+                        doc.problem(&key(&format!("zones[{j}].id")), "use 1 to 64 of A-Z a-z 0-9 _ -");
+                    } else {
+                        x.zones.push(Zone { id: z.id, polygon: z.polygon });
+                    }
+                }
+            }
+            Err(e) => doc.problem(&key("zones"), format!("expected [{{ id = \"…\", polygon = [[x, y], …] }}]: {}", e.message())),
+        }
+    }
+    if let Some(v) = table.get("lines") {
+        match v.clone().try_into::<Vec<LineToml>>() {
+            Ok(lines) => {
+                for (j, l) in lines.into_iter().enumerate() {
+                    if !normalised(&l.from) || !normalised(&l.to) || l.from == l.to {
+                        doc.problem(
+                            &key(&format!("lines[{j}]")),
+                            "from and to must be two different [x, y] points with coordinates in 0..=1",
+                        );
+                    } else if !is_valid_node_id(&l.id) {
+                        doc.problem(&key(&format!("lines[{j}].id")), "use 1 to 64 of A-Z a-z 0-9 _ -");
+                    } else {
+                        x.lines.push(Line { id: l.id, from: l.from, to: l.to });
+                    }
+                }
+            }
+            Err(e) => doc.problem(&key("lines"), format!("expected [{{ id = \"…\", from = [x, y], to = [x, y] }}]: {}", e.message())),
+        }
+    }
+    if let Some(v) = table.get("masks") {
+        match v.clone().try_into::<Vec<Vec<Point>>>() {
+            Ok(masks) if masks.iter().all(|m| m.len() >= 3 && m.iter().all(normalised)) => x.masks = masks,
+            _ => doc.problem(&key("masks"), "expected polygons [[[x, y], [x, y], [x, y]], …] with coordinates in 0..=1"),
+        }
+    }
+    x
+}
+
+/// Camera keys a `[[cameras]]` table may hold.
+const CAMERA_KEYS: &[&str] = &[
+    "id", "uri", "fps", "detect_fps", "stall_timeout", "username", "password", "transport", "zones", "lines", "masks",
+];
+
 /// `[[cameras]]` from the file, replaced by `--source` when given.
 fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
     let raw = doc.get::<Vec<toml::Table>>("cameras").unwrap_or_default();
@@ -674,8 +971,8 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
     for (i, table) in raw.iter().enumerate() {
         let key = |k: &str| format!("cameras[{i}].{k}");
         for k in table.keys() {
-            if !matches!(k.as_str(), "id" | "uri" | "fps") {
-                doc.problem(&key(k), "unknown key (known here: id, uri, fps)");
+            if !CAMERA_KEYS.contains(&k.as_str()) {
+                doc.problem(&key(k), format!("unknown key (known here: {})", CAMERA_KEYS.join(", ")));
             }
         }
         let id = match table.get("id") {
@@ -706,7 +1003,8 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
                 None
             }
         };
-        from_file.push((Some(format!("cameras[{i}]")), id, uri, fps));
+        let extras = read_camera_extras(doc, table, &key);
+        from_file.push((Some(format!("cameras[{i}]")), id, uri, fps, extras));
     }
 
     let entries = if o.sources.is_empty() {
@@ -721,14 +1019,14 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
                     Some((id, uri)) if !id.contains("://") => (id.to_owned(), uri.to_owned()),
                     _ => (format!("cam{i}"), s.clone()),
                 };
-                (None, id, uri, None)
+                (None, id, uri, None, CameraExtras::default())
             })
             .collect()
     };
 
     let mut cameras: Vec<CameraConfig> = Vec::new();
     let mut seen_ids: Vec<String> = Vec::new();
-    for (prefix, id, uri, fps) in entries {
+    for (prefix, id, uri, fps, extras) in entries {
         // File problems name the key; flag problems name the flag.
         let key = |k: &str| match &prefix {
             Some(p) => format!("{p}.{k}"),
@@ -749,13 +1047,37 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
             continue;
         }
         seen_ids.push(id.clone());
-        let (source, uri_fps) = match SourceSpec::parse(&uri) {
+        let (mut source, uri_fps) = match SourceSpec::parse(&uri) {
             Ok(v) => v,
             Err(e) => {
                 doc.problem(&key("uri"), format!("camera {id:?}: {e}"));
                 continue;
             }
         };
+        // Credentials and transport from the config win over the URI's.
+        match &mut source {
+            SourceSpec::Rtsp {
+                username,
+                password,
+                transport,
+                ..
+            } => {
+                if extras.username.is_some() {
+                    username.clone_from(&extras.username);
+                }
+                if extras.password.is_some() {
+                    password.clone_from(&extras.password);
+                }
+                if let Some(t) = extras.transport {
+                    *transport = t;
+                }
+            }
+            _ => {
+                if extras.username.is_some() || extras.password.is_some() || extras.transport.is_some() {
+                    doc.problem(&key("username"), format!("camera {id:?}: username, password and transport apply to rtsp:// only"));
+                }
+            }
+        }
         let fps = fps.or(uri_fps).unwrap_or(default_camera_fps());
         if !(fps > 0.0 && fps <= MAX_CAMERA_FPS) {
             doc.problem(
@@ -769,6 +1091,11 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
             uri,
             source,
             fps,
+            detect_fps: extras.detect_fps,
+            stall_timeout: extras.stall_timeout.unwrap_or(default_stall_timeout()),
+            zones: extras.zones,
+            lines: extras.lines,
+            masks: extras.masks,
         });
     }
     cameras
@@ -817,7 +1144,7 @@ batch_max_detections = 5000
 threshold = 0
 [[cameras]]
 id = "a"
-uri = "rtsp://cam/stream"
+uri = "rtsp://cam/stream?transport=quic"
 [[cameras]]
 id = "b"
 uri = "synthetic://"
@@ -849,7 +1176,7 @@ colour = "red"
             assert!(k.contains(&want), "missing {want} in {k:?}\n{err}");
         }
         let text = err.to_string();
-        assert!(text.contains("not supported yet in this build"), "{text}");
+        assert!(text.contains("transport"), "{text}");
         assert!(text.contains("used twice"), "{text}");
     }
 
@@ -892,7 +1219,7 @@ uri = "synthetic://"
             &Overrides {
                 node_id: Some("no/slash".into()),
                 model: Some("/nonexistent/model.safetensors".into()),
-                sources: vec!["file:///tmp/x.mp4".into()],
+                sources: vec!["file:///tmp/x.mp4?loop=maybe".into()],
                 log_format: Some("xml".into()),
                 ..Overrides::default()
             },
@@ -908,6 +1235,69 @@ uri = "synthetic://"
                 FLAG_SOURCE
             ]
         );
+    }
+
+    #[test]
+    fn camera_analytics_keys_and_rtsp_credentials() {
+        let c = parse(
+            r#"
+[motion_gate]
+refresh_interval = "2s"
+[tracker]
+max_age = "4s"
+[snapshots]
+full_frame = true
+[[cameras]]
+id = "north"
+uri = "rtsp://192.0.2.7/live"
+username = "viewer"
+password = "hunter2"
+transport = "udp"
+detect_fps = 5
+stall_timeout = "4s"
+zones = [{ id = "crossing", polygon = [[0.1, 0.5], [0.9, 0.5], [0.9, 0.9], [0.1, 0.9]] }]
+lines = [{ id = "stop-line", from = [0.0, 0.6], to = [1.0, 0.6] }]
+masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]]
+"#,
+            &Overrides::default(),
+        )
+        .expect("valid");
+        let cam = &c.cameras[0];
+        assert_eq!(cam.detect_fps, Some(5.0));
+        assert_eq!(cam.stall_timeout, Duration::from_secs(4));
+        assert_eq!(cam.zones[0].id, "crossing");
+        assert_eq!(cam.lines[0].to, [1.0, 0.6]);
+        assert_eq!(cam.masks.len(), 1);
+        assert_eq!(c.motion_gate.refresh_interval, Duration::from_secs(2));
+        assert_eq!(c.tracker.max_age, Duration::from_secs(4));
+        assert!(c.snapshots.full_frame);
+        let SourceSpec::Rtsp { username, password, transport, .. } = &cam.source else {
+            panic!("rtsp")
+        };
+        assert_eq!(username.as_deref(), Some("viewer"));
+        assert_eq!(password.as_ref().map(|p| p.0.as_str()), Some("hunter2"));
+        assert_eq!(*transport, RtspTransport::Udp);
+        let printed = toml::to_string(&c.to_toml_table()).expect("toml");
+        assert!(!printed.contains("hunter2") && !format!("{c:?}").contains("hunter2"));
+        let back = parse(&printed.replace("<redacted>", "hunter2"), &Overrides::default()).expect("reads back");
+        assert_eq!(back, c);
+
+        let err = parse(
+            r#"
+[[cameras]]
+uri = "synthetic://"
+username = "x"
+detect_fps = 0
+zones = [{ id = "z", polygon = [[0.1, 0.1], [2.0, 0.1]] }]
+lines = [{ id = "l", from = [0.5, 0.5], to = [0.5, 0.5] }]
+"#,
+            &Overrides::default(),
+        )
+        .expect_err("bad");
+        let k = keys(&err);
+        for want in ["cameras[0].detect_fps", "cameras[0].zones[0].polygon", "cameras[0].lines[0]", "cameras[0].username"] {
+            assert!(k.contains(&want), "missing {want} in {k:?}");
+        }
     }
 
     #[test]

@@ -11,11 +11,17 @@ mod delivery;
 mod detect;
 mod frame;
 mod heartbeat;
+mod motion_gate;
 mod outbox;
 mod pipeline;
+mod process_cli;
+mod sampler;
+mod snapshot;
 mod source;
 mod systemd;
+mod tracker;
 mod uplink;
+mod zones;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +57,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the camera pipeline over a recording and print what it found.
+    Process(ProcessArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProcessArgs {
+    /// The video file (anything GStreamer decodes: mp4, mkv, ts, …).
+    file: PathBuf,
+    /// Print one JSON document (detections, events, line counts, timings).
+    #[arg(long)]
+    json: bool,
+    /// Use this configured camera's zones, lines, masks and detect_fps [default: the first camera].
+    #[arg(long, value_name = "ID")]
+    camera: Option<String>,
+    /// Inferences per second of video [default: the camera's detect_fps, else every frame].
+    #[arg(long, value_name = "FPS")]
+    detect_fps: Option<f64>,
 }
 
 /// Every flag also has an environment variable and a config-file key.
@@ -65,8 +88,8 @@ struct GlobalArgs {
     /// Broker, mqtt://HOST:PORT or mqtts://HOST:PORT [key: mqtt.url] [default: mqtt://127.0.0.1:1883]
     #[arg(long, env = "EDGEQI_MQTT_URL", global = true, value_name = "URL")]
     mqtt_url: Option<String>,
-    /// Camera source, [ID=]URI, repeatable; replaces [[cameras]]. URIs: synthetic://, images://DIR
-    /// (rtsp://, file://, v4l2:// arrive with camera support). Comma-separated in the env var.
+    /// Camera source, [ID=]URI, repeatable; replaces [[cameras]]. URIs: rtsp://, file://PATH,
+    /// v4l2:///dev/videoN, images://DIR, synthetic://. Comma-separated in the env var.
     #[arg(
         long = "source",
         env = "EDGEQI_SOURCE",
@@ -156,6 +179,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Process(args) => run_process(&config, &args),
         Command::Run => {
             init_logging(config.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -175,6 +199,30 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn run_process(config: &AgentConfig, args: &ProcessArgs) -> ExitCode {
+    init_logging(config.log_format);
+    match process_cli::process(config, &args.file, args.camera.as_deref(), args.detect_fps) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: cannot print the results: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                process_cli::print_summary(&report);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

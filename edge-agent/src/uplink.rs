@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use edgeqi_shared::protocol::encode;
+use edgeqi_shared::protocol::{EventBatch, Snapshot};
+use edgeqi_shared::topic::AnalyticsKind;
 use edgeqi_shared::{DetectionBatch, Heartbeat, NodeStatus, Topic, TopicKind, PROTOCOL_VERSION};
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
@@ -49,6 +51,8 @@ pub struct Topics {
     pub heartbeat: String,
     pub status: String,
     pub ack: String,
+    pub events: String,
+    pub snapshots: String,
 }
 
 impl Topics {
@@ -59,6 +63,8 @@ impl Topics {
             heartbeat: t(TopicKind::Heartbeat),
             status: t(TopicKind::Status),
             ack: t(TopicKind::Ack),
+            events: AnalyticsKind::Events.topic(node_id),
+            snapshots: AnalyticsKind::Snapshots.topic(node_id),
         }
     }
 }
@@ -208,6 +214,31 @@ impl Uplink {
             encode(hb),
         ) {
             tracing::debug!(error = %e, "heartbeat not queued");
+        }
+    }
+
+    /// Track events and line counts: QoS 1 but outside the outbox ledger,
+    /// so best effort across reconnects.
+    pub fn publish_events(&self, batch: &EventBatch) {
+        self.publish_analytics(&self.topics.events, encode(batch), "events");
+    }
+
+    /// One track's best crop: QoS 1, best effort like events.
+    pub fn publish_snapshot(&self, snapshot: &Snapshot) {
+        self.publish_analytics(&self.topics.snapshots, encode(snapshot), "snapshot");
+    }
+
+    fn publish_analytics(&self, topic: &str, payload: Vec<u8>, what: &str) {
+        if payload.len() > self.max_packet_size {
+            tracing::warn!(what, bytes = payload.len(), limit = self.max_packet_size,
+                "payload exceeds mqtt.max_packet_size; not sent (lower snapshots.max_side or raise the limit)");
+            return;
+        }
+        if let Err(e) = self
+            .client
+            .try_publish(topic.to_owned(), QoS::AtLeastOnce, false, payload)
+        {
+            tracing::warn!(what, error = %e, "could not queue an analytics publish; dropped");
         }
     }
 

@@ -90,15 +90,172 @@ pub struct OutboxHealth {
 }
 
 /// Health of one camera on the agent.
+///
+/// `frames_total` counts decoded frames, `frames_inferred` the ones the
+/// detector ran on: a camera that streams but infers nothing is "no motion",
+/// one whose `frames_total` stops growing (`state` `stalled`/`reconnecting`)
+/// is blind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CameraHealth {
     pub camera_id: String,
-    /// `ok`, `starting`, `reconnecting` or `failed`.
+    /// `connecting`, `streaming`, `stalled`, `reconnecting`, `failed` or
+    /// `ended` (a finite source finished).
     pub state: String,
+    /// Decoded frames per second.
     pub fps: f32,
     pub frames_total: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Frames the detector ran on.
+    #[serde(default)]
+    pub frames_inferred: u64,
+    /// Frames the motion gate let skip inference.
+    #[serde(default)]
+    pub frames_gated: u64,
+    /// Frames replaced by a newer one while the detector was busy.
+    #[serde(default)]
+    pub frames_dropped: u64,
+    /// Frames that could not be decoded or converted.
+    #[serde(default)]
+    pub decode_errors: u64,
+    /// Mean detector time per inferred frame over the last heartbeat window, ms.
+    #[serde(default)]
+    pub infer_ms: f32,
+    /// Capture time of the newest decoded frame.
+    #[serde(default)]
+    pub last_frame_at: Option<DateTime<Utc>>,
+    /// How often the source was (re)opened after a failure.
+    #[serde(default)]
+    pub reconnects: u64,
+}
+
+impl CameraHealth {
+    /// A camera that has not delivered anything yet.
+    pub fn new(camera_id: &str, state: &str) -> Self {
+        Self {
+            camera_id: camera_id.to_owned(),
+            state: state.to_owned(),
+            fps: 0.0,
+            frames_total: 0,
+            last_error: None,
+            frames_inferred: 0,
+            frames_gated: 0,
+            frames_dropped: 0,
+            decode_errors: 0,
+            infer_ms: 0.0,
+            last_frame_at: None,
+            reconnects: 0,
+        }
+    }
+}
+
+/// Kinds of [`TrackEvent`].
+pub mod track_event {
+    /// A new object was confirmed (seen in enough frames).
+    pub const APPEARED: &str = "appeared";
+    /// A tracked object was not seen for the tracker's max age.
+    pub const LEFT: &str = "left";
+    pub const ZONE_ENTERED: &str = "zone_entered";
+    /// Carries `dwell_s`.
+    pub const ZONE_LEFT: &str = "zone_left";
+    /// Carries `line` and `direction`.
+    pub const LINE_CROSSED: &str = "line_crossed";
+}
+
+/// Direction of a line crossing, as seen standing on the line's `from`
+/// point looking towards its `to` point.
+pub mod line_direction {
+    pub const LEFT_TO_RIGHT: &str = "left_to_right";
+    pub const RIGHT_TO_LEFT: &str = "right_to_left";
+}
+
+/// Something that happened to one tracked object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackEvent {
+    /// Unique event id (`{run}-{camera_id}-{track_id}-{n}`); the snapshot
+    /// endpoint is keyed by it.
+    pub id: String,
+    pub ts: DateTime<Utc>,
+    pub camera_id: String,
+    /// Stable within one camera while the agent runs.
+    pub track_id: u64,
+    /// Unique across agent restarts: `{run}-{camera_id}-{track_id}`. Every
+    /// event of one track, and its snapshot, share it.
+    pub track_key: String,
+    /// One of [`track_event`].
+    pub kind: String,
+    #[serde(default)]
+    pub class_id: Option<u32>,
+    pub label: String,
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in source-frame pixels at the time of the event.
+    pub bbox: [f32; 4],
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub line: Option<String>,
+    /// One of [`line_direction`], for `line_crossed`.
+    #[serde(default)]
+    pub direction: Option<String>,
+    /// Seconds spent in `zone` (`zone_left`) or in view (`left`).
+    #[serde(default)]
+    pub dwell_s: Option<f64>,
+}
+
+/// Cumulative crossings of one line by one class in one direction since
+/// the agent started (traffic counting).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineCount {
+    pub camera_id: String,
+    pub line: String,
+    pub label: String,
+    /// One of [`line_direction`].
+    pub direction: String,
+    pub count: u64,
+    /// When the agent started counting (counts restart with the agent).
+    pub since: DateTime<Utc>,
+}
+
+/// What the agent publishes on `…/events` (QoS 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub v: u32,
+    pub node_id: String,
+    pub sent_at: DateTime<Utc>,
+    #[serde(default)]
+    pub events: Vec<TrackEvent>,
+    /// Current totals of every line that changed since the previous batch.
+    #[serde(default)]
+    pub line_counts: Vec<LineCount>,
+}
+
+/// What the agent publishes on `…/snapshots` (QoS 1) when a track ends: the
+/// best-scoring crop of the object over its life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub v: u32,
+    pub node_id: String,
+    pub camera_id: String,
+    pub track_id: u64,
+    pub track_key: String,
+    /// The `left` event of the track; every event with the same
+    /// `track_key` shows this snapshot too.
+    pub event_id: String,
+    /// Capture time of the frame the crop comes from.
+    pub ts: DateTime<Utc>,
+    #[serde(default)]
+    pub class_id: Option<u32>,
+    pub label: String,
+    pub score: f32,
+    /// The object's box in the source frame.
+    pub bbox: [f32; 4],
+    /// Always `image/jpeg`.
+    pub content_type: String,
+    /// The crop, JPEG, standard base64.
+    pub jpeg_b64: String,
+    /// The whole frame, JPEG, base64 (when `snapshots.full_frame` is on).
+    #[serde(default)]
+    pub frame_jpeg_b64: Option<String>,
 }
 
 /// What the agent publishes on `…/heartbeat` every `heartbeat_interval`.
@@ -342,6 +499,64 @@ impl Payload for Heartbeat {
     }
 }
 
+impl TrackEvent {
+    fn check(&self) -> Result<(), String> {
+        check_id("camera_id", &self.camera_id)?;
+        check_id("label", &self.label)?;
+        check_id("kind", &self.kind)?;
+        if self.id.is_empty() || self.id.len() > 256 || self.track_key.len() > 256 {
+            return Err("id and track_key must be 1..=256 bytes".into());
+        }
+        for (what, v) in [("zone", &self.zone), ("line", &self.line), ("direction", &self.direction)] {
+            if let Some(v) = v {
+                check_id(what, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Payload for EventBatch {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+    fn check_fields(&self) -> Result<(), String> {
+        if self.events.len() > MAX_DETECTIONS_PER_BATCH {
+            return Err(format!(
+                "{} events in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
+                self.events.len()
+            ));
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            e.check().map_err(|e| format!("events[{i}]: {e}"))?;
+        }
+        for (i, c) in self.line_counts.iter().enumerate() {
+            check_id("camera_id", &c.camera_id)
+                .and_then(|()| check_id("line", &c.line))
+                .and_then(|()| check_id("label", &c.label))
+                .map_err(|e| format!("line_counts[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Payload for Snapshot {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+    fn check_fields(&self) -> Result<(), String> {
+        check_id("camera_id", &self.camera_id)?;
+        check_id("label", &self.label)?;
+        if self.content_type != "image/jpeg" {
+            return Err(format!("content_type {:?} is not image/jpeg", self.content_type));
+        }
+        if self.jpeg_b64.is_empty() {
+            return Err("jpeg_b64 is empty".into());
+        }
+        Ok(())
+    }
+}
+
 impl Payload for NodeStatus {
     fn node_id(&self) -> &str {
         &self.node_id
@@ -446,11 +661,11 @@ mod tests {
             detector: Some("motion".into()),
             outbox: Some(OutboxHealth::default()),
             cameras: vec![CameraHealth {
-                camera_id: "c".into(),
-                state: "ok".into(),
                 fps: 10.0,
                 frames_total: 100,
-                last_error: None,
+                frames_inferred: 40,
+                last_frame_at: Some(ts("2026-11-23T09:59:59.900Z")),
+                ..CameraHealth::new("c", "streaming")
             }],
         });
         round_trip(&NodeStatus {
@@ -471,6 +686,72 @@ mod tests {
             version: 3,
             config: serde_json::json!({"heartbeat_interval": "5s"}),
         });
+    }
+
+    #[test]
+    fn analytics_payloads_round_trip_and_old_camera_health_still_decodes() {
+        let event = TrackEvent {
+            id: "r1-north-17-3".into(),
+            ts: ts("2026-11-23T10:00:01Z"),
+            camera_id: "north".into(),
+            track_id: 17,
+            track_key: "r1-north-17".into(),
+            kind: track_event::LINE_CROSSED.into(),
+            class_id: Some(5),
+            label: "bus".into(),
+            score: 0.8,
+            bbox: [1.0, 2.0, 3.0, 4.0],
+            zone: None,
+            line: Some("stop-line".into()),
+            direction: Some(line_direction::LEFT_TO_RIGHT.into()),
+            dwell_s: None,
+        };
+        round_trip(&EventBatch {
+            v: 1,
+            node_id: "n1".into(),
+            sent_at: ts("2026-11-23T10:00:02Z"),
+            events: vec![event],
+            line_counts: vec![LineCount {
+                camera_id: "north".into(),
+                line: "stop-line".into(),
+                label: "bus".into(),
+                direction: line_direction::LEFT_TO_RIGHT.into(),
+                count: 4,
+                since: ts("2026-11-23T09:00:00Z"),
+            }],
+        });
+        let snap = Snapshot {
+            v: 1,
+            node_id: "n1".into(),
+            camera_id: "north".into(),
+            track_id: 17,
+            track_key: "r1-north-17".into(),
+            event_id: "r1-north-17-9".into(),
+            ts: ts("2026-11-23T10:00:01Z"),
+            class_id: None,
+            label: "motion".into(),
+            score: 0.5,
+            bbox: [1.0, 2.0, 3.0, 4.0],
+            content_type: "image/jpeg".into(),
+            jpeg_b64: "/9j/".into(),
+            frame_jpeg_b64: None,
+        };
+        round_trip(&snap);
+        let bad = Snapshot {
+            content_type: "image/png".into(),
+            ..snap
+        };
+        assert!(matches!(
+            decode::<Snapshot>("n1", &encode(&bad), LIMIT),
+            Err(RejectReason::InvalidField(_))
+        ));
+        // A heartbeat from an agent that predates the new camera fields.
+        let raw = br#"{"v":1,"node_id":"a","ts":"2026-11-23T10:00:00Z","uptime_s":1,"cpu_pct":1,
+            "mem_used_bytes":1,"mem_total_bytes":2,"backlog":0,"fps":1,"version":"0.1.0",
+            "cameras":[{"camera_id":"c","state":"ok","fps":1,"frames_total":5}]}"#;
+        let hb: Heartbeat = decode("a", raw, LIMIT).expect("old heartbeat");
+        assert_eq!(hb.cameras[0].frames_inferred, 0);
+        assert_eq!(hb.cameras[0].last_frame_at, None);
     }
 
     #[test]

@@ -47,6 +47,52 @@ impl TopicKind {
     }
 }
 
+/// Analytics topics of a node: `edgeqi/v1/nodes/{node_id}/events` (track
+/// events and line counts, [`crate::protocol::EventBatch`]) and
+/// `…/snapshots` ([`crate::protocol::Snapshot`]), both agent → aggregator,
+/// QoS 1, not retained.
+///
+/// Kept apart from [`TopicKind`] so that consumers matching on `TopicKind`
+/// exhaustively keep compiling; a consumer that handles them can fold them in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnalyticsKind {
+    Events,
+    Snapshots,
+}
+
+impl AnalyticsKind {
+    pub const ALL: [AnalyticsKind; 2] = [AnalyticsKind::Events, AnalyticsKind::Snapshots];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnalyticsKind::Events => "events",
+            AnalyticsKind::Snapshots => "snapshots",
+        }
+    }
+
+    /// `edgeqi/v1/nodes/{node_id}/{kind}`.
+    pub fn topic(self, node_id: &str) -> String {
+        format!("{PREFIX}/{node_id}/{}", self.as_str())
+    }
+
+    /// Wildcard filter matching this kind for every node.
+    pub fn filter_all_nodes(self) -> String {
+        format!("{PREFIX}/+/{}", self.as_str())
+    }
+
+    /// Parses `edgeqi/v1/nodes/{node_id}/{events|snapshots}`; `None` for
+    /// anything else, including a malformed node id.
+    pub fn parse_topic(topic: &str) -> Option<(String, AnalyticsKind)> {
+        let rest = topic.strip_prefix(PREFIX)?.strip_prefix('/')?;
+        let (node_id, kind) = rest.split_once('/')?;
+        if !is_valid_node_id(node_id) {
+            return None;
+        }
+        let kind = Self::ALL.into_iter().find(|k| k.as_str() == kind)?;
+        Some((node_id.to_owned(), kind))
+    }
+}
+
 /// A parsed v1 topic: which node, which kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Topic {
@@ -109,6 +155,18 @@ mod tests {
             assert_eq!(s, format!("edgeqi/v1/nodes/gate-01/{}", kind.as_str()));
             assert_eq!(Topic::parse(&s), Some(t));
         }
+    }
+
+    #[test]
+    fn analytics_topics() {
+        for kind in AnalyticsKind::ALL {
+            let t = kind.topic("gate-01");
+            assert_eq!(AnalyticsKind::parse_topic(&t), Some(("gate-01".into(), kind)));
+            assert_eq!(Topic::parse(&t), None, "not a TopicKind");
+        }
+        assert_eq!(AnalyticsKind::Events.topic("n"), "edgeqi/v1/nodes/n/events");
+        assert_eq!(AnalyticsKind::parse_topic("edgeqi/v1/nodes/a b/events"), None);
+        assert_eq!(AnalyticsKind::parse_topic("edgeqi/v1/nodes/a/detections"), None);
     }
 
     #[test]
