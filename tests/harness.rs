@@ -161,6 +161,9 @@ impl Drop for Proc {
     }
 }
 
+/// The bootstrap admin token every test aggregator is started with.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
 /// HTTP GET returning status and JSON body (Null when not JSON).
 pub fn http_get(url: &str, token: Option<&str>) -> Result<(u16, Value)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -238,6 +241,11 @@ impl Aggregator {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
+    /// The live feed URL with the admin token and extra query parameters.
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/api/v1/ws?access_token={ADMIN_TOKEN}&{query}", self.http_port)
+    }
+
     /// (Re)starts the process on the same ports and database and waits until ready.
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill9();
@@ -247,7 +255,7 @@ impl Aggregator {
             .arg("--database-url")
             .arg(self.db_url())
             .env("RUST_LOG", "info,rumqttd=warn")
-            .env_remove("EDGEQI_ADMIN_TOKEN");
+            .env("EDGEQI_ADMIN_TOKEN", ADMIN_TOKEN);
         match &self.external {
             Some(url) => cmd.arg("--mqtt-url").arg(url),
             None => cmd
@@ -267,7 +275,7 @@ impl Aggregator {
                     proc.log_text()
                 )));
             }
-            match http_get(&url, None) {
+            match http_get(&url, Some(ADMIN_TOKEN)) {
                 Ok((200, _)) => Some(Ok(())),
                 _ => None,
             }
@@ -275,7 +283,7 @@ impl Aggregator {
     }
 
     pub fn get(&self, path: &str) -> Result<Value> {
-        let (status, body) = http_get(&self.api(path), None)?;
+        let (status, body) = http_get(&self.api(path), Some(ADMIN_TOKEN))?;
         if status != 200 {
             bail!("GET {path}: HTTP {status}: {body}");
         }

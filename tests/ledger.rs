@@ -85,10 +85,7 @@ fn assert_exactly_once(agg: &Aggregator, agent: &Agent) -> Result<u64> {
 fn detections_are_stored_once_streamed_and_acked() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let agg = Aggregator::start(dir.path())?;
-    let feed = LiveFeed::connect(&format!(
-        "ws://127.0.0.1:{}/api/v1/ws?types=detection,heartbeat",
-        agg.http_port
-    ))?;
+    let feed = LiveFeed::connect(&agg.ws_url("types=detection,heartbeat"))?;
     let cfg = agent_config(dir.path(), 120)?;
     let agent = Agent::start(dir.path(), "e2e-flow", &agg.mqtt_url(), &["--config", &cfg])?;
     let stored = assert_exactly_once(&agg, &agent)?;

@@ -33,10 +33,7 @@ fn hand_written_batches_duplicates_and_malformed_payloads() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut agg = Aggregator::start(dir.path())?;
     let port = agg.mqtt_port;
-    let feed = LiveFeed::connect(&format!(
-        "ws://127.0.0.1:{}/api/v1/ws?node_id=cam-box",
-        agg.http_port
-    ))?;
+    let feed = LiveFeed::connect(&agg.ws_url("node_id=cam-box"))?;
 
     // Watch acks with mosquitto_sub, as a third-party agent would.
     let acks_file = dir.path().join("acks.txt");
@@ -144,6 +141,9 @@ fn hand_written_batches_duplicates_and_malformed_payloads() -> Result<()> {
         Ok(())
     };
     check_counts(&agg)?;
+    // The API is closed without a token, open with the bootstrap one.
+    let (status, body) = edgeqi_e2e::http_get(&agg.api("/api/v1/detections"), None)?;
+    ensure!(status == 401 && body["error"]["code"] == "unauthorized", "{status} {body}");
     let metrics = ureq::get(&agg.api("/metrics"))
         .call()?
         .body_mut()

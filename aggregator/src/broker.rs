@@ -48,7 +48,9 @@ fn broker_config(listen: SocketAddr, max_packet_size: usize) -> Config {
             max_outgoing_packet_count: 200,
             // A segment must hold at least one full packet.
             max_segment_size: (max_packet_size * 4).max(16 << 20),
-            max_segment_count: 10,
+            // Room for a burst while ingest waits on the database: rumqttd drops
+            // the oldest segment (and its unread publishes) beyond this count.
+            max_segment_count: 32,
             ..Default::default()
         },
         v4: Some(HashMap::from([("1".to_owned(), server)])),

@@ -31,6 +31,21 @@ const fn default_live_buffer() -> usize {
 const fn default_node_sweep() -> Duration {
     Duration::from_secs(2)
 }
+const fn default_db_max_connections() -> usize {
+    8
+}
+const fn default_db_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_db_statement_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+const fn default_retention_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+const fn default_ingest_group_max_detections() -> usize {
+    50_000
+}
 
 /// Where MQTT traffic comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +72,17 @@ pub struct AggregatorConfig {
     pub node_sweep_interval: Duration,
     pub admin_token: Option<String>,
     pub log_format: String,
+    /// Where users, tenants, API keys and the audit log live (sqlite://).
+    pub accounts_database_url: String,
+    /// Lifetime of a session token from `POST /api/v1/auth/login`.
+    pub token_ttl: Duration,
+    /// PostgreSQL pool (ignored by SQLite).
+    pub database: crate::store::postgres::PgSettings,
+    pub retention: crate::store::RetentionPolicy,
+    /// How often retention (and partition creation) runs.
+    pub retention_interval: Duration,
+    /// Group commit: the most detections stored in one transaction.
+    pub ingest_group_max_detections: usize,
 }
 
 impl std::fmt::Debug for AggregatorConfig {
@@ -74,6 +100,9 @@ impl std::fmt::Debug for AggregatorConfig {
             .field("max_packet_size", &self.max_packet_size)
             .field("live_buffer", &self.live_buffer)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("database", &self.database)
+            .field("retention", &self.retention)
+            .field("ingest_group_max_detections", &self.ingest_group_max_detections)
             .finish()
     }
 }
@@ -126,15 +155,59 @@ impl AggregatorConfig {
         }
         let database_url = prefer(&o.database_url, doc.get::<String>("database_url"))
             .unwrap_or_else(default_database_url);
-        if !database_url.starts_with("sqlite://") {
+        if !crate::store::is_supported_url(&database_url) {
             doc.problem(
                 "database_url",
                 format!(
-                    "{:?} is not supported by this build: use sqlite://PATH",
+                    "{:?} is not supported: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB",
                     crate::store::redact_url(&database_url)
                 ),
             );
         }
+        let database = crate::store::postgres::PgSettings {
+            max_connections: doc
+                .get_checked::<usize>("database.max_connections", |n| {
+                    if (2..=256).contains(n) {
+                        Ok(())
+                    } else {
+                        Err("must be 2..=256".into())
+                    }
+                })
+                .unwrap_or(default_db_max_connections()),
+            connect_timeout: doc
+                .get::<HumanDuration>("database.connect_timeout")
+                .map_or(default_db_connect_timeout(), |d| d.0),
+            statement_timeout: doc
+                .get::<HumanDuration>("database.statement_timeout")
+                .map_or(default_db_statement_timeout(), |d| d.0),
+        };
+        let keep = |doc: &mut ConfigDoc, key: &str| -> Option<chrono::Duration> {
+            let d = doc.get_checked::<HumanDuration>(key, |d| {
+                if d.0 >= Duration::from_secs(3600) {
+                    Ok(())
+                } else {
+                    Err("must be at least 1h (omit the key to keep forever)".into())
+                }
+            })?;
+            chrono::Duration::from_std(d.0).ok()
+        };
+        let retention = crate::store::RetentionPolicy {
+            detections: keep(&mut doc, "retention.detections"),
+            heartbeats: keep(&mut doc, "retention.heartbeats"),
+            dead_letters: keep(&mut doc, "retention.dead_letters"),
+        };
+        let retention_interval = doc
+            .get::<HumanDuration>("retention.interval")
+            .map_or(default_retention_interval(), |d| d.0);
+        let ingest_group_max_detections = doc
+            .get_checked::<usize>("ingest.group_max_detections", |n| {
+                if (1..=1_000_000).contains(n) {
+                    Ok(())
+                } else {
+                    Err("must be 1..=1000000".into())
+                }
+            })
+            .unwrap_or(default_ingest_group_max_detections());
         let mqtt_client_id = doc
             .get_checked::<String>("mqtt.client_id", |s| {
                 if edgeqi_shared::topic::is_valid_node_id(s) {
@@ -176,6 +249,22 @@ impl AggregatorConfig {
         let node_sweep_interval = doc
             .get::<HumanDuration>("nodes.sweep_interval")
             .map_or(default_node_sweep(), |d| d.0);
+        let accounts_database_url = doc.get::<String>("auth.accounts_database_url").unwrap_or_else(|| {
+            // Same file as the detections on SQLite; beside it otherwise.
+            if database_url.starts_with("sqlite://") {
+                database_url.clone()
+            } else {
+                "sqlite://./data/accounts.db".into()
+            }
+        });
+        if !accounts_database_url.starts_with("sqlite://") {
+            doc.problem("auth.accounts_database_url", "must be sqlite://PATH");
+        }
+        let token_ttl = doc
+            .get_checked::<HumanDuration>("auth.token_ttl", |d| {
+                if d.0 >= Duration::from_secs(60) { Ok(()) } else { Err("must be at least 1m".into()) }
+            })
+            .map_or(Duration::from_secs(12 * 3600), |d| d.0);
         let log_format =
             prefer(&o.log_format, doc.get::<String>("log_format")).unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
@@ -199,7 +288,13 @@ impl AggregatorConfig {
             live_buffer,
             node_sweep_interval,
             admin_token: o.admin_token.clone().filter(|t| !t.is_empty()),
+            accounts_database_url,
+            token_ttl,
             log_format,
+            database,
+            retention,
+            retention_interval,
+            ingest_group_max_detections,
         })
     }
 }
@@ -262,6 +357,37 @@ mod tests {
                 url: "mqtt://broker:1883".into()
             }
         );
+    }
+
+    #[test]
+    fn postgres_urls_and_retention_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agg.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://edge:pw@db/edgeqi\"\n[retention]\ndetections = \"30d\"\ndead_letters = \"1m\"\n[database]\nmax_connections = 16\n",
+        )
+        .expect("write");
+        let err = AggregatorConfig::load(&Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect_err("1m retention is refused");
+        assert_eq!(err.problems[0].key, "retention.dead_letters");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://edge:pw@db/edgeqi\"\n[retention]\ndetections = \"30d\"\n[database]\nmax_connections = 16\n",
+        )
+        .expect("write");
+        let c = AggregatorConfig::load(&Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect("ok");
+        assert_eq!(c.retention.detections, Some(chrono::Duration::days(30)));
+        assert_eq!(c.retention.dead_letters, None);
+        assert_eq!(c.database.max_connections, 16);
+        assert!(!format!("{c:?}").contains("pw@"), "{c:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgeqi_shared::protocol::{decode, encode, Payload};
+use edgeqi_shared::protocol::{decode, encode};
 use edgeqi_shared::topic::is_valid_node_id;
 use edgeqi_shared::{
     Ack, DetectionBatch, Heartbeat, MqttEndpoint, NodeStatus, RejectReason, Topic, TopicKind,
@@ -16,7 +16,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, 
 use tokio::sync::{mpsc, watch};
 
 use crate::live::{LiveBus, LiveEvent, NodeStatusEvent};
-use crate::store::{Store, StoreError, StoredDetection};
+use crate::store::{IngestOutcome, Store, StoreError, StoredDetection};
 
 /// How the ingest client reaches the broker.
 #[derive(Debug, Clone)]
@@ -27,12 +27,16 @@ pub struct IngestSettings {
     pub password: Option<String>,
     pub keep_alive: Duration,
     pub max_packet_size: usize,
+    /// Group commit: the most detections stored in one transaction.
+    pub group_max_detections: usize,
 }
 
 /// Shared with the HTTP layer: is ingest connected to the broker?
 #[derive(Debug, Default)]
 pub struct IngestHealth {
     pub connected: AtomicBool,
+    /// The last storage attempt failed: ingest is holding acks back.
+    pub store_failing: AtomicBool,
 }
 
 fn mqtt_options(s: &IngestSettings) -> MqttOptions {
@@ -44,7 +48,9 @@ fn mqtt_options(s: &IngestSettings) -> MqttOptions {
         .set_max_packet_size(s.max_packet_size + 1024, s.max_packet_size + 1024)
         // PUBACK only after the batch is committed.
         .set_manual_acks(true)
-        .set_inflight(256);
+        // Outgoing QoS1 acks to thousands of agents must not queue behind a
+        // small window.
+        .set_inflight(u16::MAX / 2);
     if let (Some(u), Some(p)) = (&s.username, &s.password) {
         o.set_credentials(u, p);
     }
@@ -62,7 +68,7 @@ pub async fn run(
     health: Arc<IngestHealth>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (client, eventloop) = AsyncClient::new(mqtt_options(&settings), 1024);
+    let (client, eventloop) = AsyncClient::new(mqtt_options(&settings), 65_536);
     // The event loop must keep being polled while a batch is being stored
     // (keep-alives, outgoing acks), so polling and processing are separate
     // tasks joined by a channel. The channel is unbounded on purpose: with
@@ -75,6 +81,8 @@ pub async fn run(
         store,
         live,
         max_payload: settings.max_packet_size,
+        group_max_detections: settings.group_max_detections.max(1),
+        health: health.clone(),
     };
     let processor = tokio::spawn(worker.run(rx));
     let _ = shutdown.wait_for(|s| *s).await;
@@ -133,161 +141,244 @@ struct Worker {
     store: Arc<dyn Store>,
     live: LiveBus,
     max_payload: usize,
+    group_max_detections: usize,
+    health: Arc<IngestHealth>,
+}
+
+/// The most publishes taken from the queue for one group commit.
+const GROUP_MAX_PUBLISHES: usize = 4096;
+
+/// What one publish asks of storage.
+enum Item {
+    Batch(DetectionBatch),
+    Heartbeat(Heartbeat),
+    Status(NodeStatus),
+    Reject {
+        node_id: Option<String>,
+        reason: RejectReason,
+    },
+    Ignore,
 }
 
 impl Worker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Publish>) {
+        let mut group: Vec<Publish> = Vec::new();
         while let Some(p) = rx.recv().await {
-            loop {
-                match self.handle(&p).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        // Storage failed: do not ack, retry until the database
-                        // is back. The agent keeps the batch meanwhile.
-                        metrics::counter!("edgeqi_ingest_store_errors_total").increment(1);
-                        tracing::error!(error = %e, topic = %p.topic, "cannot store; retrying in 1 s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+            // Group commit: everything queued while the last group was being
+            // stored goes into the next transaction, so the commit cost is
+            // shared and throughput grows with load instead of latency.
+            group.push(p);
+            while group.len() < GROUP_MAX_PUBLISHES {
+                match rx.try_recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => break,
                 }
             }
-            if let Err(e) = self.client.ack(&p).await {
-                tracing::warn!(error = %e, "cannot queue PUBACK");
+            metrics::histogram!("edgeqi_ingest_group_publishes").record(group.len() as f64);
+            self.handle_group(&group).await;
+            // Everything in the group is committed: now release the broker's copies.
+            for p in group.drain(..) {
+                if let Err(e) = self.client.ack(&p).await {
+                    tracing::warn!(error = %e, "cannot queue PUBACK");
+                }
             }
         }
     }
 
-    async fn handle(&self, p: &Publish) -> Result<(), StoreError> {
+    /// Retries a storage call until it succeeds. Storage failures never drop
+    /// data: nothing is acknowledged meanwhile, so agents keep their outbox
+    /// and the broker keeps its copy.
+    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match f().await {
+                Ok(v) => {
+                    if self.health.store_failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("storage is back; acknowledging again");
+                    }
+                    return v;
+                }
+                Err(e) => {
+                    self.health.store_failing.store(true, Ordering::Relaxed);
+                    metrics::counter!("edgeqi_ingest_store_errors_total").increment(1);
+                    tracing::error!(error = %e, what, retry_in_ms = backoff.as_millis() as u64, "cannot store; not acknowledging until it works");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn handle_group(&self, group: &[Publish]) {
+        let mut batches = Vec::new();
+        let mut heartbeats = Vec::new();
+        for p in group {
+            match self.classify(p) {
+                Item::Batch(b) => batches.push(b),
+                Item::Heartbeat(hb) => heartbeats.push(hb),
+                Item::Status(st) => {
+                    self.retry("node status", || self.store.record_status(&st))
+                        .await;
+                    tracing::info!(node_id = %st.node_id, online = st.online, "node status");
+                    self.live.send(LiveEvent::NodeStatus(NodeStatusEvent {
+                        node_id: st.node_id,
+                        online: st.online,
+                        cause: "status".into(),
+                    }));
+                }
+                Item::Reject { node_id, reason } => {
+                    tracing::warn!(topic = %p.topic, reason = reason.code(), detail = %reason, bytes = p.payload.len(), "payload rejected");
+                    metrics::counter!("edgeqi_ingest_rejected_total", "reason" => reason.code())
+                        .increment(1);
+                    let detail = reason.to_string();
+                    self.retry("dead letter", || {
+                        self.store.dead_letter(
+                            &p.topic,
+                            node_id.as_deref(),
+                            reason.code(),
+                            &detail,
+                            &p.payload,
+                        )
+                    })
+                    .await;
+                }
+                Item::Ignore => {}
+            }
+        }
+        if !heartbeats.is_empty() {
+            self.retry("heartbeats", || self.store.record_heartbeats(&heartbeats))
+                .await;
+            metrics::counter!("edgeqi_ingest_heartbeats_total").increment(heartbeats.len() as u64);
+            if self.live.is_watched() {
+                for hb in &heartbeats {
+                    if let Ok(v) = serde_json::to_value(hb) {
+                        self.live.send(LiveEvent::Heartbeat(v));
+                    }
+                }
+            }
+        }
+        // Split into transactions of bounded size so one commit never holds
+        // acks back for long.
+        let mut start = 0;
+        while start < batches.len() {
+            let mut end = start;
+            let mut rows = 0;
+            while end < batches.len() && (end == start || rows + batches[end].detections.len() <= self.group_max_detections) {
+                rows += batches[end].detections.len();
+                end += 1;
+            }
+            let chunk = &batches[start..end];
+            let outcomes = self
+                .retry("detection batches", || self.store.ingest_batches(chunk))
+                .await;
+            self.acknowledge(chunk, outcomes).await;
+            start = end;
+        }
+    }
+
+    fn classify(&self, p: &Publish) -> Item {
         let Some((node_id, kind)) = Topic::parse_lenient(&p.topic) else {
             // Outside our tree (the # filter only matches our prefix, so this
             // is a kind we do not know): keep it for inspection.
-            return self
-                .reject(p, None, RejectReason::BadTopic(p.topic.clone()))
-                .await;
+            return Item::Reject {
+                node_id: None,
+                reason: RejectReason::BadTopic(p.topic.clone()),
+            };
         };
         match kind {
             // Our own outgoing traffic, echoed back by the wildcard.
-            TopicKind::Ack | TopicKind::Config => return Ok(()),
+            TopicKind::Ack | TopicKind::Config => return Item::Ignore,
             _ => {}
         }
         if !is_valid_node_id(&node_id) {
-            return self
-                .reject(p, None, RejectReason::BadTopic(p.topic.clone()))
-                .await;
+            return Item::Reject {
+                node_id: None,
+                reason: RejectReason::BadTopic(p.topic.clone()),
+            };
         }
-        match kind {
-            TopicKind::Detections => match self.decoded::<DetectionBatch>(p, &node_id).await? {
-                Some(batch) => self.ingest_batch(batch).await,
-                None => Ok(()),
-            },
-            TopicKind::Heartbeat => match self.decoded::<Heartbeat>(p, &node_id).await? {
-                Some(hb) => {
-                    self.store.record_heartbeat(&hb).await?;
-                    metrics::counter!("edgeqi_ingest_heartbeats_total").increment(1);
-                    if let Ok(v) = serde_json::to_value(&hb) {
-                        self.live.send(LiveEvent::Heartbeat(v));
-                    }
-                    Ok(())
-                }
-                None => Ok(()),
-            },
-            TopicKind::Status => {
-                // An empty retained payload clears the retained status: not an error.
-                if p.payload.is_empty() {
-                    return Ok(());
-                }
-                match self.decoded::<NodeStatus>(p, &node_id).await? {
-                    Some(st) => {
-                        self.store.record_status(&st).await?;
-                        tracing::info!(node_id = %st.node_id, online = st.online, "node status");
-                        self.live.send(LiveEvent::NodeStatus(NodeStatusEvent {
-                            node_id: st.node_id,
-                            online: st.online,
-                            cause: "status".into(),
-                        }));
-                        Ok(())
-                    }
-                    None => Ok(()),
-                }
-            }
-            TopicKind::Ack | TopicKind::Config => Ok(()),
-        }
-    }
-
-    /// Decodes a payload, dead-lettering it on failure (`Ok(None)`).
-    async fn decoded<T: Payload>(
-        &self,
-        p: &Publish,
-        node_id: &str,
-    ) -> Result<Option<T>, StoreError> {
-        match decode::<T>(node_id, &p.payload, self.max_payload) {
-            Ok(v) => Ok(Some(v)),
-            Err(reason) => {
-                self.reject(p, Some(node_id), reason).await?;
-                Ok(None)
-            }
-        }
-    }
-
-    async fn reject(
-        &self,
-        p: &Publish,
-        node_id: Option<&str>,
-        reason: RejectReason,
-    ) -> Result<(), StoreError> {
-        tracing::warn!(topic = %p.topic, reason = reason.code(), detail = %reason, bytes = p.payload.len(), "payload rejected");
-        metrics::counter!("edgeqi_ingest_rejected_total", "reason" => reason.code()).increment(1);
-        self.store
-            .dead_letter(
-                &p.topic,
-                node_id,
-                reason.code(),
-                &reason.to_string(),
-                &p.payload,
-            )
-            .await
-    }
-
-    async fn ingest_batch(&self, batch: DetectionBatch) -> Result<(), StoreError> {
-        let outcome = self.store.ingest_batch(&batch).await?;
-        if outcome.duplicate {
-            metrics::counter!("edgeqi_ingest_duplicates_total").increment(1);
-            tracing::debug!(node_id = %batch.node_id, seq = batch.seq, "duplicate batch, re-acking");
-        } else {
-            metrics::counter!("edgeqi_ingest_batches_total").increment(1);
-            metrics::counter!("edgeqi_ingest_detections_total")
-                .increment(batch.detections.len() as u64);
-        }
-        // The batch is committed: now, and only now, acknowledge it.
-        let ack = Ack {
-            v: edgeqi_shared::PROTOCOL_VERSION,
-            node_id: batch.node_id.clone(),
-            epoch: batch.epoch.clone(),
-            acked_seq: outcome.acked_seq,
+        let reject = |reason| Item::Reject {
+            node_id: Some(node_id.clone()),
+            reason,
         };
-        let topic = Topic::new(&batch.node_id, TopicKind::Ack).to_string();
-        if let Err(e) = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, false, encode(&ack))
-            .await
-        {
-            // The agent resends after its ack timeout and gets a fresh ack.
-            tracing::warn!(error = %e, "cannot queue ack");
+        match kind {
+            TopicKind::Detections => match decode::<DetectionBatch>(&node_id, &p.payload, self.max_payload) {
+                Ok(b) => Item::Batch(b),
+                Err(r) => reject(r),
+            },
+            TopicKind::Heartbeat => match decode::<Heartbeat>(&node_id, &p.payload, self.max_payload) {
+                Ok(hb) => Item::Heartbeat(hb),
+                Err(r) => reject(r),
+            },
+            // An empty retained payload clears the retained status: not an error.
+            TopicKind::Status if p.payload.is_empty() => Item::Ignore,
+            TopicKind::Status => match decode::<NodeStatus>(&node_id, &p.payload, self.max_payload) {
+                Ok(st) => Item::Status(st),
+                Err(r) => reject(r),
+            },
+            TopicKind::Ack | TopicKind::Config => Item::Ignore,
         }
-        for (d, id) in batch.detections.into_iter().zip(outcome.detection_ids) {
-            self.live.send(LiveEvent::Detection(StoredDetection {
-                id,
-                node_id: batch.node_id.clone(),
-                ts: d.ts,
-                camera_id: d.camera_id,
-                class_id: d.class_id,
-                label: d.label,
-                score: d.score,
-                bbox: d.bbox,
-                track_id: d.track_id,
-                zone: d.zone,
-            }));
+    }
+
+    /// The batches are committed: now, and only now, acknowledge them end to
+    /// end. One ack per (node, epoch) carries the highest contiguous seq,
+    /// which covers every batch of that epoch in the group.
+    async fn acknowledge(&self, batches: &[DetectionBatch], outcomes: Vec<IngestOutcome>) {
+        let mut acks: Vec<(&str, &str, u64)> = Vec::new();
+        let watched = self.live.is_watched();
+        for (batch, outcome) in batches.iter().zip(outcomes) {
+            if outcome.duplicate {
+                metrics::counter!("edgeqi_ingest_duplicates_total").increment(1);
+                tracing::debug!(node_id = %batch.node_id, seq = batch.seq, "duplicate batch, re-acking");
+            } else {
+                metrics::counter!("edgeqi_ingest_batches_total").increment(1);
+                metrics::counter!("edgeqi_ingest_detections_total")
+                    .increment(batch.detections.len() as u64);
+            }
+            match acks
+                .iter_mut()
+                .find(|(n, e, _)| *n == batch.node_id && *e == batch.epoch)
+            {
+                Some(a) => a.2 = a.2.max(outcome.acked_seq),
+                None => acks.push((&batch.node_id, &batch.epoch, outcome.acked_seq)),
+            }
+            if watched {
+                for (d, id) in batch.detections.iter().zip(outcome.detection_ids) {
+                    self.live.send(LiveEvent::Detection(StoredDetection {
+                        id,
+                        node_id: batch.node_id.clone(),
+                        ts: d.ts,
+                        camera_id: d.camera_id.clone(),
+                        class_id: d.class_id,
+                        label: d.label.clone(),
+                        score: d.score,
+                        bbox: d.bbox,
+                        track_id: d.track_id,
+                        zone: d.zone.clone(),
+                    }));
+                }
+            }
         }
-        Ok(())
+        for (node_id, epoch, acked_seq) in acks {
+            let ack = Ack {
+                v: edgeqi_shared::PROTOCOL_VERSION,
+                node_id: node_id.to_owned(),
+                epoch: epoch.to_owned(),
+                acked_seq,
+            };
+            let topic = Topic::new(node_id, TopicKind::Ack).to_string();
+            if let Err(e) = self
+                .client
+                .publish(topic, QoS::AtLeastOnce, false, encode(&ack))
+                .await
+            {
+                // The agent resends after its ack timeout and gets a fresh ack.
+                tracing::warn!(error = %e, "cannot queue ack");
+            }
+        }
     }
 }
 

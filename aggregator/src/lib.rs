@@ -3,13 +3,17 @@
 //! - [`broker`]: the embedded rumqttd MQTT broker
 //! - [`ingest`]: MQTT client that validates, stores and acknowledges
 //! - [`store`]: the `Store` trait and its SQLite backend (ledger, detections, registry, dead letters)
+//! - [`incidents`]: incidents, SLAs, citizen reports, area scores
 //! - [`live`]: the broadcast bus behind the WebSocket feed
+//! - [`accounts`]: users, roles, tenants, API keys, audit log
 //! - [`api`]: REST and WebSocket (axum)
 //! - [`config`]: file, environment and flag handling
 
+pub mod accounts;
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod incidents;
 pub mod ingest;
 pub mod live;
 pub mod store;

@@ -14,6 +14,8 @@ pub enum LiveEvent {
     Detection(StoredDetection),
     Heartbeat(serde_json::Value),
     NodeStatus(NodeStatusEvent),
+    /// An incident was created, joined by a report, or changed.
+    Incident(serde_json::Value),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +33,7 @@ impl LiveEvent {
             LiveEvent::Detection(_) => "detection",
             LiveEvent::Heartbeat(_) => "heartbeat",
             LiveEvent::NodeStatus(_) => "node_status",
+            LiveEvent::Incident(_) => "incident",
         }
     }
 
@@ -39,6 +42,7 @@ impl LiveEvent {
             LiveEvent::Detection(d) => Some(&d.node_id),
             LiveEvent::Heartbeat(h) => h.get("node_id").and_then(|v| v.as_str()),
             LiveEvent::NodeStatus(s) => Some(&s.node_id),
+            LiveEvent::Incident(_) => None,
         }
     }
 }
@@ -58,6 +62,11 @@ impl LiveBus {
     /// Publishes to whoever listens; no listener is fine.
     pub fn send(&self, event: LiveEvent) {
         let _ = self.tx.send(event);
+    }
+
+    /// Whether anyone listens (so busy producers can skip building events).
+    pub fn is_watched(&self) -> bool {
+        self.tx.receiver_count() > 0
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {

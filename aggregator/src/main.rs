@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use edgeqi_aggregator::config::{AggregatorConfig, BrokerMode, Overrides};
-use edgeqi_aggregator::{api, broker, ingest, live, store};
+use edgeqi_aggregator::{accounts, api, broker, incidents, ingest, live, store};
 
 /// EdgeQI aggregator: receives detections and heartbeats from edge agents over
 /// MQTT, stores them, acknowledges them end to end, and serves the REST API
@@ -29,7 +29,7 @@ struct Cli {
     /// HTTP address for the REST API and WebSocket [key http_listen, default 0.0.0.0:8080].
     #[arg(long, env = "EDGEQI_HTTP_LISTEN")]
     http_listen: Option<String>,
-    /// sqlite://PATH [key database_url, default sqlite://./data/edgeqi.db].
+    /// sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB [key database_url, default sqlite://./data/edgeqi.db].
     #[arg(long, env = "EDGEQI_DATABASE_URL")]
     database_url: Option<String>,
     /// Log format: text or json [key log_format].
@@ -94,7 +94,19 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    let store = store::open(&config.database_url)?;
+    let accounts = accounts::open(&config.accounts_database_url)?;
+    api::auth::bootstrap_admin(&accounts, config.admin_token.is_some()).await?;
+    let jwt_secret = accounts.secret("jwt-hs256").await?;
+    let incidents = Arc::new(incidents::Incidents::new(
+        incidents::open(&config.accounts_database_url)?,
+        None,
+    ));
+    let auth = Arc::new(api::auth::AuthKeys::new(
+        &jwt_secret,
+        chrono::Duration::from_std(config.token_ttl).unwrap_or(chrono::Duration::hours(12)),
+        config.admin_token.clone(),
+    ));
+    let store = store::connect(&config.database_url, &config.database).await?;
     let endpoint = match &config.broker {
         BrokerMode::Embedded { listen } => {
             let addr = broker::start_embedded(*listen, config.max_packet_size)?;
@@ -128,6 +140,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         password: config.mqtt_password.clone(),
         keep_alive: config.mqtt_keep_alive,
         max_packet_size: config.max_packet_size,
+        group_max_detections: config.ingest_group_max_detections,
     };
     let ingest_task = tokio::spawn(ingest::run(
         settings,
@@ -143,18 +156,29 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
+    let retention_task = tokio::spawn(run_retention(
+        store.clone(),
+        config.retention.clone(),
+        config.retention_interval,
+        shutdown_rx.clone(),
+    ));
+
     let app = api::router(api::AppState {
         store,
         live,
         ingest: health,
-        admin_token: config.admin_token.as_deref().map(Arc::from),
+        accounts,
+        auth,
+        incidents,
         metrics: Some(metrics),
     });
-    tracing::info!(http = %http_addr, mqtt = %endpoint, auth = config.admin_token.is_some(), "aggregator ready");
+    tracing::info!(http = %http_addr, mqtt = %endpoint, bootstrap_token = config.admin_token.is_some(), "aggregator ready");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let watchdog = tokio::spawn(systemd_watchdog());
 
     let mut stop = shutdown_rx.clone();
+    // Socket addresses reach handlers (rate limits, audit) through ConnectInfo.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(http, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|s| *s).await;
     });
@@ -167,10 +191,33 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     watchdog.abort();
     let _ = ingest_task.await;
     let _ = sweep_task.await;
+    let _ = retention_task.await;
     // WebSocket connections do not end by themselves: do not wait forever.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Applies the retention policy (and, on PostgreSQL, creates partitions
+/// ahead) at start-up and then periodically. A failure is logged and retried
+/// at the next tick: retention never stops ingest.
+async fn run_retention(
+    store: Arc<dyn store::Store>,
+    policy: store::RetentionPolicy,
+    every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match store.apply_retention(&policy, chrono::Utc::now()).await {
+            Ok(r) => tracing::info!(?r, "retention applied"),
+            Err(e) => tracing::warn!(error = %e, "retention failed; will retry"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -111,6 +111,26 @@ export function signedIn(user) {
   navigate(next && next.startsWith('/') && !next.startsWith('//') && !next.startsWith('/ui/login') ? next : '/ui/overview', { replace: true });
 }
 
+// Session tokens expire (expires_at from /auth/login); renew one a little
+// before, so an operator watching the wall screen is not signed out.
+const EXPIRES_KEY = 'edgeqi.expires';
+let refreshTimer = null;
+export function scheduleRefresh(expiresAt) {
+  clearTimeout(refreshTimer);
+  if (expiresAt) sessionStorage.setItem(EXPIRES_KEY, expiresAt);
+  const at = new Date(expiresAt || sessionStorage.getItem(EXPIRES_KEY) || NaN).getTime();
+  if (!Number.isFinite(at)) return;
+  const wait = Math.max(5000, Math.min(at - Date.now() - 120000, 2 ** 31 - 1));
+  refreshTimer = setTimeout(async () => {
+    const r = await request('/api/v1/auth/refresh', { method: 'POST' });
+    if (r.ok && r.body && r.body.token) {
+      setToken(r.body.token);
+      scheduleRefresh(r.body.expires_at);
+    }
+    // Otherwise the next 401 sends the user to the login form.
+  }, wait);
+}
+
 let summaryTimer = null;
 function start() {
   if (started) return;
@@ -120,6 +140,7 @@ function start() {
   who.textContent = `${state.user.username} (${state.user.role})`;
   document.getElementById('logout').hidden = !!state.user.open;
   updateIncidentNav();
+  scheduleRefresh();
   live.start();
   resync();
   // Slow refresh of what the live feed does not carry (totals, ledger-based online state).
@@ -128,6 +149,8 @@ function start() {
 
 function signOut(message) {
   setToken(null);
+  sessionStorage.removeItem(EXPIRES_KEY);
+  clearTimeout(refreshTimer);
   state.user = null;
   started = false;
   clearInterval(summaryTimer);

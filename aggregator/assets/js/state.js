@@ -201,6 +201,32 @@ export async function loadDetections() {
   }
 }
 
+/**
+ * Per-minute counts for the last hour from GET /api/v1/stats/timeseries, when
+ * the aggregator has it: the charts then show history older than the page.
+ * Merged by taking the larger count per minute and key, so the live tally
+ * and the server's never add up twice.
+ */
+export async function loadTimeseries() {
+  const since = new Date(Date.now() - MINUTES_KEPT * 60000).toISOString();
+  for (const by of ['label', 'zone']) {
+    const r = await request(`/api/v1/stats/timeseries?bucket=1m&by=${by}&since=${encodeURIComponent(since)}`);
+    if (!r.ok || !r.body || !Array.isArray(r.body.points)) return; // not there (yet): live counts only
+    const totals = new Map();
+    for (const p of r.body.points) {
+      const minute = Math.floor(new Date(p.bucket).getTime() / 60000) * 60000;
+      if (!Number.isFinite(minute)) continue;
+      let m = state.minutes.get(minute);
+      if (!m) { m = { total: 0, label: {}, camera: {}, zone: {}, tracks: {} }; state.minutes.set(minute, m); }
+      const key = by === 'zone' && !p.key ? '(none)' : p.key;
+      m[by][key] = Math.max(m[by][key] || 0, p.count);
+      if (by === 'label') { state.labels.add(key); totals.set(minute, (totals.get(minute) || 0) + p.count); } else if (p.key) state.zones.add(p.key);
+    }
+    for (const [minute, n] of totals) { const m = state.minutes.get(minute); m.total = Math.max(m.total, n); }
+  }
+  pruneCounts();
+}
+
 // ---- incidents and alerts (optional API) ----------------------------------
 
 const OPEN_STATUSES = new Set(['new', 'acknowledged', 'in_progress']);
@@ -239,6 +265,7 @@ export function applyAlert(alert) {
 /** Everything REST knows, after login and after every live-feed gap. */
 export async function resync() {
   await Promise.allSettled([loadNodes(), loadDetections(), loadIncidents()]);
+  await loadTimeseries().catch(() => {});
   // After the detections, so the total it brings replaces the live tally.
   await loadSummary().catch(() => {});
   emit('resynced');

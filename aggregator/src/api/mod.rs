@@ -6,24 +6,28 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::accounts::AccountStore;
 use crate::ingest::IngestHealth;
 use crate::live::LiveBus;
 use crate::store::{DetectionQuery, Store};
 
+pub mod admin;
+pub mod auth;
+pub mod incidents;
 mod dashboard;
 mod error;
 mod ws;
 
+use auth::{AsViewer, Authed, Principal};
 pub use error::ApiError;
 
 /// Everything a handler may need.
@@ -32,21 +36,73 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub live: LiveBus,
     pub ingest: Arc<IngestHealth>,
-    pub admin_token: Option<Arc<str>>,
+    pub accounts: Arc<dyn AccountStore>,
+    pub auth: Arc<auth::AuthKeys>,
+    pub incidents: Arc<crate::incidents::Incidents>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+/// Largest citizen report (photo and fields).
+pub const MAX_REPORT_BODY: usize = 11 * 1024 * 1024;
+
+/// Largest JSON request body accepted by the API.
+pub const MAX_JSON_BODY: usize = 256 * 1024;
+
+/// `Json<T>` whose rejections are API errors: 415 for a wrong content type,
+/// 400 for bad JSON, 413 for a body over [`MAX_JSON_BODY`].
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection;
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+                "send Content-Type: application/json".into(),
+            )),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge(format!("the body is over {MAX_JSON_BODY} bytes")))
+            }
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
+    // Every /api/v1 route names its role through the `Authed` extractor;
+    // only login, citizen reports and report status are open.
     let api = Router::new()
-        .route("/nodes", get(list_nodes))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/me", get(auth::me))
+        .route("/users", get(admin::list_users).post(admin::create_user))
+        .route("/users/{id}", get(admin::get_user))
+        .route("/tenants", get(admin::list_tenants).post(admin::create_tenant))
+        .route("/api-keys", post(admin::create_api_key))
+        .route("/audit", get(admin::audit_log))
+        .route("/nodes", get(list_nodes).post(admin::provision_node))
         .route("/nodes/{id}", get(get_node))
         .route("/nodes/{id}/ledger", get(get_ledger))
         .route("/detections", get(list_detections))
         .route("/stats/summary", get(summary))
+        .route("/stats/timeseries", get(timeseries))
         .route("/dead-letters", get(dead_letters))
         .route("/ws", get(ws::upgrade))
+        .route("/incidents", get(incidents::list))
+        .route("/incidents/{id}", get(incidents::get).patch(incidents::patch))
+        .route(
+            "/reports",
+            post(incidents::create_report).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BODY)),
+        )
+        .route("/reports/{id}/photo", get(incidents::photo))
+        .route("/status/{id}", get(incidents::report_status))
+        .route("/analytics/areas", get(incidents::areas))
+        .route("/analytics/incidents", get(incidents::incident_stats))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -57,43 +113,36 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The nodes a caller may see: `None` for everything (global callers).
+async fn visible_nodes(state: &AppState, who: &Principal) -> Result<Option<Vec<String>>, ApiError> {
+    match who.scope() {
+        None => Ok(None),
+        Some(t) => Ok(Some(state.accounts.tenant_nodes(t).await?)),
+    }
 }
 
-/// With `EDGEQI_ADMIN_TOKEN` set, every /api/v1 route needs
-/// `Authorization: Bearer <token>`; browsers' WebSockets cannot set headers,
-/// so `?access_token=` is accepted too.
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = &state.admin_token else {
-        return next.run(req).await;
-    };
-    let from_header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let from_query = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("access_token="))
-            .map(str::to_owned)
-    });
-    match from_header.or(from_query) {
-        Some(t) if same_secret(t.as_bytes(), expected.as_bytes()) => next.run(req).await,
-        _ => ApiError::Unauthorized.into_response(),
+async fn ensure_node_visible(state: &AppState, who: &Principal, node_id: &str) -> Result<(), ApiError> {
+    match visible_nodes(state, who).await? {
+        Some(nodes) if !nodes.iter().any(|n| n == node_id) => Err(ApiError::NotFound(format!("no node {node_id:?}"))),
+        _ => Ok(()),
     }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let db = state.store.ping().await;
     let mqtt = state.ingest.connected.load(Ordering::Relaxed);
+    // A database that answers a ping but refuses writes (disk full, read
+    // only) still stalls ingest: that is unready too.
+    let storing = !state.ingest.store_failing.load(Ordering::Relaxed);
     let body = json!({
-        "database": if db.is_ok() { "ok" } else { "unavailable" },
+        "database": match (&db, storing) {
+            (Err(_), _) => "unavailable",
+            (Ok(()), false) => "failing writes",
+            (Ok(()), true) => "ok",
+        },
         "mqtt": if mqtt { "ok" } else { "disconnected" },
     });
-    let status = if db.is_ok() && mqtt {
+    let status = if db.is_ok() && mqtt && storing {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -119,9 +168,12 @@ fn node_json(n: &crate::store::NodeRecord, now: DateTime<Utc>) -> serde_json::Va
 }
 
 #[tracing::instrument(skip_all)]
-async fn list_nodes(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_nodes(State(state): State<AppState>, Authed(who): AsViewer) -> Result<Json<serde_json::Value>, ApiError> {
     let now = Utc::now();
-    let nodes = state.store.nodes().await?;
+    let mut nodes = state.store.nodes().await?;
+    if let Some(visible) = visible_nodes(&state, &who).await? {
+        nodes.retain(|n| visible.contains(&n.node_id));
+    }
     let items: Vec<_> = nodes.iter().map(|n| node_json(n, now)).collect();
     Ok(Json(json!({ "items": items })))
 }
@@ -129,8 +181,10 @@ async fn list_nodes(State(state): State<AppState>) -> Result<Json<serde_json::Va
 #[tracing::instrument(skip_all)]
 async fn get_node(
     State(state): State<AppState>,
+    Authed(who): AsViewer,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    ensure_node_visible(&state, &who, &id).await?;
     let node = state
         .store
         .node(&id)
@@ -144,8 +198,10 @@ async fn get_node(
 #[tracing::instrument(skip_all)]
 async fn get_ledger(
     State(state): State<AppState>,
+    Authed(who): AsViewer,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    ensure_node_visible(&state, &who, &id).await?;
     let ledger = state.store.ledger(&id).await?;
     Ok(Json(json!({ "node_id": id, "epochs": ledger })))
 }
@@ -192,6 +248,7 @@ fn decode_cursor(c: &str) -> Result<(i64, i64), ApiError> {
 #[tracing::instrument(skip_all)]
 async fn list_detections(
     State(state): State<AppState>,
+    Authed(who): AsViewer,
     Query(p): Query<DetectionParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = match p.limit.as_deref() {
@@ -215,6 +272,7 @@ async fn list_detections(
     };
     let q = DetectionQuery {
         node_id: p.node_id,
+        node_ids: visible_nodes(&state, &who).await?,
         camera_id: p.camera_id,
         label: p.label,
         since: p
@@ -239,8 +297,91 @@ async fn list_detections(
 }
 
 #[tracing::instrument(skip_all)]
-async fn summary(State(state): State<AppState>) -> Result<Json<crate::store::Summary>, ApiError> {
-    Ok(Json(state.store.summary(Utc::now()).await?))
+async fn summary(State(state): State<AppState>, Authed(who): AsViewer) -> Result<Json<crate::store::Summary>, ApiError> {
+    Ok(Json(match visible_nodes(&state, &who).await? {
+        None => state.store.summary(Utc::now()).await?,
+        Some(nodes) => state.store.summary_for(Utc::now(), &nodes).await?,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TimeseriesParams {
+    bucket: Option<String>,
+    by: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// Buckets a client may ask for; bounded so one request cannot ask for
+/// millions of points.
+const MAX_BUCKETS: i64 = 10_000;
+
+/// `GET /api/v1/stats/timeseries?bucket=1m&by=label|camera|zone&since=&until=`
+/// → `{"bucket_s":60,"by":"label","points":[{"bucket":…,"key":…,"count":n}]}`;
+/// the default window is the last hour.
+#[tracing::instrument(skip_all)]
+async fn timeseries(
+    State(state): State<AppState>,
+    Query(p): Query<TimeseriesParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bucket_raw = p.bucket.as_deref().unwrap_or("1m");
+    let bucket = bucket_raw
+        .parse::<edgeqi_shared::config::HumanDuration>()
+        .ok()
+        .map(|d| d.0)
+        .filter(|d| d.as_secs() >= 1 && d.subsec_nanos() == 0)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "bucket={bucket_raw:?} must be a whole number of seconds like 1m, 5m, 1h"
+            ))
+        })?;
+    let by = match p.by.as_deref().unwrap_or("label") {
+        "label" => crate::store::TimeseriesBy::Label,
+        "camera" => crate::store::TimeseriesBy::Camera,
+        "zone" => crate::store::TimeseriesBy::Zone,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "by={other:?} must be label, camera or zone"
+            )))
+        }
+    };
+    let until = p
+        .until
+        .as_deref()
+        .map(|v| parse_time("until", v))
+        .transpose()?
+        .unwrap_or_else(Utc::now);
+    let since = p
+        .since
+        .as_deref()
+        .map(|v| parse_time("since", v))
+        .transpose()?
+        .unwrap_or(until - chrono::Duration::hours(1));
+    if since >= until {
+        return Err(ApiError::BadRequest("since must be before until".into()));
+    }
+    let bucket_s = bucket.as_secs() as i64;
+    if (until - since).num_seconds() / bucket_s > MAX_BUCKETS {
+        return Err(ApiError::BadRequest(format!(
+            "more than {MAX_BUCKETS} buckets: use a larger bucket or a shorter window"
+        )));
+    }
+    let points = state
+        .store
+        .timeseries(&crate::store::TimeseriesQuery {
+            since,
+            until,
+            bucket,
+            by,
+        })
+        .await?;
+    Ok(Json(json!({
+        "bucket_s": bucket_s,
+        "by": p.by.as_deref().unwrap_or("label"),
+        "since": since,
+        "until": until,
+        "points": points,
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +392,7 @@ struct LimitParam {
 #[tracing::instrument(skip_all)]
 async fn dead_letters(
     State(state): State<AppState>,
+    Authed(_who): auth::AsOperator,
     Query(p): Query<LimitParam>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = p.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);

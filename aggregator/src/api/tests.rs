@@ -18,37 +18,65 @@ struct Fixture {
     state: AppState,
 }
 
-fn fixture(token: Option<&str>) -> Fixture {
+/// The bootstrap admin token every fixture accepts.
+const ADMIN: &str = "s3cret";
+
+fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = crate::store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
-        .expect("store");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = crate::store::open(&url).expect("store");
+    let accounts = crate::accounts::open(&url).expect("accounts");
     Fixture {
         _dir: dir,
         state: AppState {
             store,
             live: LiveBus::new(16),
             ingest: Arc::new(IngestHealth::default()),
-            admin_token: token.map(Arc::from),
+            accounts,
+            auth: Arc::new(auth::AuthKeys::new(
+                b"test-secret",
+                chrono::Duration::hours(1),
+                Some(ADMIN.into()),
+            )),
+            incidents: Arc::new(crate::incidents::Incidents::new(
+                crate::incidents::open(&url).expect("incidents"),
+                None,
+            )),
             metrics: None,
         },
     }
 }
 
-async fn get(state: &AppState, uri: &str, auth: Option<&str>) -> (StatusCode, serde_json::Value) {
-    let mut req = Request::get(uri);
-    if let Some(t) = auth {
+async fn send(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
     let resp = router(state.clone())
-        .oneshot(req.body(Body::empty()).expect("request"))
+        .oneshot(req.body(body).expect("request"))
         .await
         .expect("response");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+/// GET as the bootstrap admin unless another token is given.
+async fn get(state: &AppState, uri: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
+    send(state, "GET", uri, Some(token.unwrap_or(ADMIN)), None).await
 }
 
 async fn seed(state: &AppState, n_batches: u64, per_batch: usize) {
@@ -79,8 +107,8 @@ async fn seed(state: &AppState, n_batches: u64, per_batch: usize) {
 
 #[tokio::test]
 async fn token_guards_the_api_but_not_health() {
-    let f = fixture(Some("s3cret"));
-    let (status, body) = get(&f.state, "/api/v1/nodes", None).await;
+    let f = fixture();
+    let (status, body) = send(&f.state, "GET", "/api/v1/nodes", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthorized");
     assert_eq!(
@@ -92,7 +120,7 @@ async fn token_guards_the_api_but_not_health() {
         StatusCode::OK
     );
     assert_eq!(
-        get(&f.state, "/api/v1/stats/summary?access_token=s3cret", None)
+        send(&f.state, "GET", "/api/v1/stats/summary?access_token=s3cret", None, None)
             .await
             .0,
         StatusCode::OK
@@ -102,7 +130,7 @@ async fn token_guards_the_api_but_not_health() {
 
 #[tokio::test]
 async fn readiness_follows_the_broker_connection() {
-    let f = fixture(None);
+    let f = fixture();
     let (status, body) = get(&f.state, "/readyz", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["mqtt"], "disconnected");
@@ -112,7 +140,7 @@ async fn readiness_follows_the_broker_connection() {
 
 #[tokio::test]
 async fn detections_page_through_with_cursors() {
-    let f = fixture(None);
+    let f = fixture();
     seed(&f.state, 3, 5).await;
     let mut uri = "/api/v1/detections?node_id=gate-01&limit=4".to_owned();
     let mut ids = Vec::new();
@@ -145,7 +173,7 @@ async fn detections_page_through_with_cursors() {
 
 #[tokio::test]
 async fn bad_parameters_get_json_errors() {
-    let f = fixture(None);
+    let f = fixture();
     for uri in [
         "/api/v1/detections?limit=0",
         "/api/v1/detections?limit=abc",
@@ -220,4 +248,314 @@ async fn websocket_filters_and_reports_lag() {
     );
     drop(in_tx);
     task.await.expect("loop ends when the client goes away");
+}
+
+async fn login(state: &AppState, user: &str, password: &str) -> (StatusCode, serde_json::Value) {
+    send(
+        state,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(serde_json::json!({"username": user, "password": password})),
+    )
+    .await
+}
+
+async fn create_user(state: &AppState, token: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    send(state, "POST", "/api/v1/users", Some(token), Some(body)).await
+}
+
+#[tokio::test]
+async fn login_roles_and_refresh() {
+    let f = fixture();
+    let s = &f.state;
+    let (status, tenant) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({"name": "city-a"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{tenant}");
+    let t = tenant["id"].as_i64().expect("tenant id");
+    let (status, user) = create_user(s, ADMIN, serde_json::json!({"username": "vera", "password": "viewer-pass", "role": "viewer", "tenant_id": t})).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    assert!(user.get("password_hash").is_none(), "hashes never leave the server");
+    // Duplicate usernames are a conflict, bad roles unprocessable.
+    let (status, _) = create_user(s, ADMIN, serde_json::json!({"username": "vera", "password": "viewer-pass", "role": "viewer", "tenant_id": t})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = create_user(s, ADMIN, serde_json::json!({"username": "x", "password": "long-enough", "role": "god", "tenant_id": t})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    assert_eq!(login(s, "vera", "wrong-pass").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(login(s, "nobody", "viewer-pass").await.0, StatusCode::UNAUTHORIZED);
+    let (status, session) = login(s, "vera", "viewer-pass").await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    let token = session["token"].as_str().expect("token").to_owned();
+    assert_eq!(session["user"]["role"], "viewer");
+
+    let (status, me) = get(s, "/api/v1/auth/me", Some(&token)).await;
+    assert_eq!((status, me["role"].as_str()), (StatusCode::OK, Some("viewer")));
+    // A viewer reads but cannot administer.
+    assert_eq!(get(s, "/api/v1/nodes", Some(&token)).await.0, StatusCode::OK);
+    let (status, body) = create_user(s, &token, serde_json::json!({"username": "eve", "password": "12345678", "role": "admin"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(get(s, "/api/v1/audit", Some(&token)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(get(s, "/api/v1/dead-letters", Some(&token)).await.0, StatusCode::FORBIDDEN);
+    // Tampered tokens are refused.
+    let tampered = format!("{}x", token);
+    assert_eq!(get(s, "/api/v1/nodes", Some(&tampered)).await.0, StatusCode::UNAUTHORIZED);
+    let (status, fresh) = send(s, "POST", "/api/v1/auth/refresh", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(fresh["token"].is_string());
+
+    // Every mutation above is in the audit log, with who did it.
+    let (_, audit) = get(s, "/api/v1/audit", None).await;
+    let actions: Vec<&str> = audit["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["user.create", "tenant.create"]);
+    assert_eq!(audit["items"][0]["actor"], "bootstrap-admin");
+    assert_eq!(audit["items"][0]["after"]["username"], "vera");
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_nodes() {
+    let f = fixture();
+    let s = &f.state;
+    seed(s, 2, 3).await; // node gate-01
+    let mut other = DetectionBatch {
+        v: 1,
+        node_id: "other-01".into(),
+        epoch: "e".into(),
+        seq: 1,
+        sent_at: Utc::now(),
+        detections: vec![],
+        counts: vec![],
+    };
+    other.detections.push(Detection {
+        ts: Utc::now(),
+        camera_id: "c".into(),
+        class_id: None,
+        label: "car".into(),
+        score: 0.5,
+        bbox: [0.0, 0.0, 1.0, 1.0],
+        track_id: None,
+        zone: None,
+    });
+    s.store.ingest_batch(&other).await.expect("ingest");
+    let mut tenant_ids = Vec::new();
+    for (name, node) in [("a", "gate-01"), ("b", "other-01")] {
+        let (_, t) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({"name": name}))).await;
+        let t = t["id"].as_i64().expect("id");
+        let (status, body) = send(s, "POST", "/api/v1/nodes", Some(ADMIN), Some(serde_json::json!({"node_id": node, "tenant_id": t}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        tenant_ids.push(t);
+    }
+    create_user(s, ADMIN, serde_json::json!({"username": "op-b", "password": "operator-b", "role": "operator", "tenant_id": tenant_ids[1]})).await;
+    let (_, session) = login(s, "op-b", "operator-b").await;
+    let token = session["token"].as_str().expect("token").to_owned();
+
+    let (_, nodes) = get(s, "/api/v1/nodes", Some(&token)).await;
+    let ids: Vec<&str> = nodes["items"].as_array().expect("items").iter().filter_map(|n| n["node_id"].as_str()).collect();
+    assert_eq!(ids, ["other-01"]);
+    assert_eq!(get(s, "/api/v1/nodes/gate-01", Some(&token)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get(s, "/api/v1/nodes/gate-01/ledger", Some(&token)).await.0, StatusCode::NOT_FOUND);
+    let (_, dets) = get(s, "/api/v1/detections?limit=100", Some(&token)).await;
+    assert_eq!(dets["items"].as_array().expect("items").len(), 1);
+    let (_, dets) = get(s, "/api/v1/detections?node_id=gate-01", Some(&token)).await;
+    assert!(dets["items"].as_array().expect("items").is_empty());
+    let (_, sum) = get(s, "/api/v1/stats/summary", Some(&token)).await;
+    assert_eq!((sum["detections_total"].as_u64(), sum["nodes_total"].as_u64()), (Some(1), Some(1)));
+    let (_, tenants) = get(s, "/api/v1/tenants", Some(&token)).await;
+    assert_eq!(tenants["items"].as_array().expect("items").len(), 1);
+    // The global admin sees everything.
+    let (_, sum) = get(s, "/api/v1/stats/summary", None).await;
+    assert_eq!(sum["detections_total"], 7);
+}
+
+#[tokio::test]
+async fn api_keys_and_bad_request_bodies() {
+    let f = fixture();
+    let s = &f.state;
+    let (status, key) = send(s, "POST", "/api/v1/api-keys", Some(ADMIN), Some(serde_json::json!({"name": "grafana", "role": "viewer"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let k = key["key"].as_str().expect("key").to_owned();
+    assert!(k.starts_with("eqk_"));
+    assert_eq!(get(s, "/api/v1/stats/summary", Some(&k)).await.0, StatusCode::OK);
+    assert_eq!(get(s, "/api/v1/stats/summary", Some("eqk_0000")).await.0, StatusCode::UNAUTHORIZED);
+
+    // Wrong content type, broken JSON, unknown fields, huge body: error objects.
+    let req = Request::post("/api/v1/users")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "text/plain")
+        .body(Body::from("username=x"))
+        .expect("req");
+    let resp = router(s.clone()).oneshot(req).await.expect("resp");
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let req = Request::post("/api/v1/users")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "application/json")
+        .body(Body::from("{\"username\": "))
+        .expect("req");
+    let resp = router(s.clone()).oneshot(req).await.expect("resp");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).expect("json error");
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, _) = create_user(s, ADMIN, serde_json::json!({"username": "a", "password": "long-enough", "role": "admin", "sudo": true})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let huge = serde_json::json!({"name": "x".repeat(MAX_JSON_BODY + 10)});
+    let (status, body) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    // SQL-looking input is just data.
+    let (status, t) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({"name": "x'); DROP TABLE users;--"}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(t["name"], "x'); DROP TABLE users;--");
+}
+
+#[tokio::test]
+async fn first_start_creates_one_admin() {
+    let f = fixture();
+    auth::bootstrap_admin(&f.state.accounts, false).await.expect("bootstrap");
+    assert_eq!(f.state.accounts.user_count().await.expect("count"), 1);
+    auth::bootstrap_admin(&f.state.accounts, false).await.expect("second start");
+    assert_eq!(f.state.accounts.user_count().await.expect("count"), 1, "only on the very first start");
+}
+
+fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "edgeqi-test-boundary";
+    let mut body = Vec::new();
+    for (name, filename, data) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match filename {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn post_report(state: &AppState, fields: &[(&str, Option<&str>, &[u8])]) -> (StatusCode, serde_json::Value) {
+    let (ctype, body) = multipart(fields);
+    let req = Request::post("/api/v1/reports")
+        .header("content-type", ctype)
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(Body::from(body))
+        .expect("req");
+    let resp = router(state.clone()).oneshot(req).await.expect("resp");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+fn test_photo() -> Vec<u8> {
+    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/bus.jpg"))
+        .expect("../shared/testdata/bus.jpg beside the checkout")
+}
+
+#[tokio::test]
+async fn citizen_report_becomes_an_incident_and_walks_the_lifecycle() {
+    let f = fixture();
+    let s = &f.state;
+    let photo = test_photo();
+    let (status, rep) = post_report(s, &[("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.5200"), ("lng", None, b"13.4050"), ("notes", None, b"blocked lane")]).await;
+    assert_eq!(status, StatusCode::CREATED, "{rep}");
+    let incident_id = rep["incident_id"].as_i64().expect("incident");
+    assert_eq!(rep["status"], "new");
+    let report_id = rep["id"].as_str().expect("id").to_owned();
+    // A second report 20 m away joins the same incident; one 5 km away does not.
+    let (_, near) = post_report(s, &[("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.52018"), ("lng", None, b"13.4050")]).await;
+    assert_eq!(near["incident_id"].as_i64(), Some(incident_id), "{near}");
+    assert_eq!(near["joined_existing"], true);
+    let (_, far) = post_report(s, &[("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.5650"), ("lng", None, b"13.4050")]).await;
+    assert_ne!(far["incident_id"].as_i64(), Some(incident_id));
+
+    // Public status, no login.
+    let (status, st) = send(s, "GET", &format!("/api/v1/status/{report_id}"), None, None).await;
+    assert_eq!((status, st["status"].as_str()), (StatusCode::OK, Some("new")));
+    assert_eq!(send(s, "GET", "/api/v1/status/rpt_nope", None, None).await.0, StatusCode::NOT_FOUND);
+
+    // A viewer may look but not act.
+    let (_, t) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({"name": "t"}))).await;
+    let t = t["id"].as_i64().expect("tenant");
+    create_user(s, ADMIN, serde_json::json!({"username": "viv", "password": "viewer-pw", "role": "viewer", "tenant_id": t})).await;
+    create_user(s, ADMIN, serde_json::json!({"username": "ops", "password": "operator-pw", "role": "admin"})).await;
+    let viewer = login(s, "viv", "viewer-pw").await.1["token"].as_str().expect("token").to_owned();
+    let ops = login(s, "ops", "operator-pw").await.1["token"].as_str().expect("token").to_owned();
+    let path = format!("/api/v1/incidents/{incident_id}");
+    let (status, _) = send(s, "PATCH", &path, Some(&viewer), Some(serde_json::json!({"status": "acknowledged"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The public incident belongs to no tenant: the tenant viewer does not see it.
+    assert_eq!(get(s, &path, Some(&viewer)).await.0, StatusCode::NOT_FOUND);
+
+    // Walk it: new → acknowledged → in_progress → resolved → closed, refusing a skip.
+    let (status, body) = send(s, "PATCH", &path, Some(&ops), Some(serde_json::json!({"status": "closed"}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    let (status, body) = send(s, "PATCH", &path, Some(&ops), Some(serde_json::json!({"status": "teleported"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    for (next, extra) in [
+        ("acknowledged", serde_json::json!({"assignee": "crew-7"})),
+        ("in_progress", serde_json::json!({"comment": "crew on site"})),
+        ("resolved", serde_json::json!({})),
+        ("closed", serde_json::json!({})),
+    ] {
+        let mut body = extra;
+        body["status"] = serde_json::json!(next);
+        let (status, inc) = send(s, "PATCH", &path, Some(&ops), Some(body)).await;
+        assert_eq!((status, inc["status"].as_str()), (StatusCode::OK, Some(next)), "{inc}");
+    }
+    let (_, inc) = get(s, &path, Some(&ops)).await;
+    assert_eq!(inc["assignee"], "crew-7");
+    assert_eq!(inc["report_count"], 2);
+    assert_eq!(inc["reports"].as_array().map(Vec::len), Some(2));
+    assert_eq!(inc["comments"][0]["body"], "crew on site");
+    assert_eq!(inc["comments"][0]["author"], "ops");
+    assert!(inc["resolved_at"].is_string() && inc["acknowledged_at"].is_string());
+    assert_eq!(inc["sla_breached"], false);
+    let (status, st) = send(s, "GET", &format!("/api/v1/status/{report_id}"), None, None).await;
+    assert_eq!((status, st["status"].as_str()), (StatusCode::OK, Some("closed")));
+
+    // The photo is kept and served to staff.
+    let req = Request::get(format!("/api/v1/reports/{report_id}/photo")).header("authorization", format!("Bearer {ops}")).body(Body::empty()).expect("req");
+    let resp = router(s.clone()).oneshot(req).await.expect("resp");
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert_eq!(resp.into_body().collect().await.expect("body").to_bytes().len(), photo.len());
+
+    // Analytics and the audit trail.
+    let (_, stats) = get(s, "/api/v1/analytics/incidents", None).await;
+    assert_eq!(stats["total"], 2);
+    assert_eq!(stats["by_status"]["closed"], 1);
+    let (_, areas) = get(s, "/api/v1/analytics/areas?cell_deg=0.01", None).await;
+    assert_eq!(areas["items"][0]["rank"], 1);
+    let (_, audit) = get(s, "/api/v1/audit?limit=100", None).await;
+    let updates = audit["items"].as_array().expect("items").iter().filter(|e| e["action"] == "incident.update").count();
+    assert_eq!(updates, 4);
+}
+
+#[tokio::test]
+async fn malformed_reports_are_refused_with_error_objects() {
+    let f = fixture();
+    let s = &f.state;
+    let photo = test_photo();
+    let cases: Vec<(Vec<(&str, Option<&str>, &[u8])>, StatusCode)> = vec![
+        (vec![("photo", Some("x.jpg"), b"not an image at all"), ("lat", None, b"52.5"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
+        (vec![("photo", Some("bus.jpg"), &photo), ("lat", None, b"200"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
+        (vec![("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.5")], StatusCode::UNPROCESSABLE_ENTITY),
+        (vec![("lat", None, b"52.5"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
+        (vec![("photo", Some("bus.jpg"), &photo), ("lat", None, b"1; DROP TABLE incidents"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
+        (vec![("photo", Some("bus.jpg"), &photo[..photo.len() / 3]), ("lat", None, b"52.5"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
+    ];
+    for (i, (fields, want)) in cases.into_iter().enumerate() {
+        let (status, body) = post_report(s, &fields).await;
+        assert_eq!(status, want, "case {i}: {body}");
+        assert!(body["error"]["message"].is_string(), "case {i}: {body}");
+    }
+    // Wrong content type.
+    let req = Request::post("/api/v1/reports").header("content-type", "application/json").body(Body::from("{}")).expect("req");
+    assert_eq!(router(s.clone()).oneshot(req).await.expect("resp").status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Over the size limit.
+    let huge = vec![0xffu8; MAX_REPORT_BODY + 1024];
+    let (status, body) = post_report(s, &[("photo", Some("big.jpg"), &huge), ("lat", None, b"1"), ("lng", None, b"1")]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(get(s, "/api/v1/analytics/incidents", None).await.1["total"], 0, "nothing was created");
 }

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::AppState;
+use super::auth::Authed;
+use super::{ApiError, AppState};
 use crate::live::LiveEvent;
 
 /// What a client wants to see; empty means everything.
@@ -27,9 +28,12 @@ pub struct LiveFilter {
     pub camera_id: Option<String>,
     pub label: Option<String>,
     pub min_score: Option<f32>,
-    /// Ignored here: the auth layer reads it.
+    /// Ignored here: the auth extractor reads it.
     #[serde(default, rename = "access_token")]
     _access_token: Option<String>,
+    /// Set by the server from the caller's tenant, never by the client.
+    #[serde(skip)]
+    pub allowed_nodes: Option<Vec<String>>,
 }
 
 fn comma_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
@@ -53,6 +57,11 @@ fn comma_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<St
 
 impl LiveFilter {
     pub fn matches(&self, e: &LiveEvent) -> bool {
+        if let Some(allowed) = &self.allowed_nodes {
+            if !e.node_id().is_some_and(|n| allowed.iter().any(|a| a == n)) {
+                return false;
+            }
+        }
         if let Some(types) = &self.types {
             if !types.iter().any(|t| t == e.kind()) {
                 return false;
@@ -76,16 +85,22 @@ impl LiveFilter {
 
 pub async fn upgrade(
     State(state): State<AppState>,
-    Query(filter): Query<LiveFilter>,
+    Authed(who): super::auth::AsViewer,
+    Query(mut filter): Query<LiveFilter>,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, ApiError> {
+    // A tenant's client only ever sees its tenant's nodes.
+    filter.allowed_nodes = match who.tenant_id {
+        None => None,
+        Some(t) => Some(state.accounts.tenant_nodes(t).await?),
+    };
     let rx = state.live.subscribe();
-    ws.on_upgrade(move |socket: WebSocket| async move {
+    Ok(ws.on_upgrade(move |socket: WebSocket| async move {
         metrics::gauge!("edgeqi_ws_clients").increment(1.0);
         let (sink, stream) = socket.split();
         serve(sink, stream, rx, filter).await;
         metrics::gauge!("edgeqi_ws_clients").decrement(1.0);
-    })
+    }))
 }
 
 /// The per-client loop, generic over the socket halves so tests can use channels.
@@ -120,7 +135,8 @@ pub async fn serve<S, R>(
             },
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => Some(match serde_json::from_str::<LiveFilter>(&t) {
-                    Ok(f) => {
+                    Ok(mut f) => {
+                        f.allowed_nodes = filter.allowed_nodes.take();
                         filter = f;
                         json!({"type": "subscribed", "data": {"filter": describe(&filter)}}).to_string()
                     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use edgeqi_shared::{Detection, DetectionBatch, DetectionCount, Heartbeat, NodeStatus};
 
-use super::{DetectionQuery, Store};
+use super::{DetectionQuery, RetentionPolicy, Store, TimeseriesBy, TimeseriesQuery};
 
 fn t0() -> DateTime<Utc> {
     "2026-11-23T10:00:00Z".parse().expect("ts")
@@ -41,7 +41,11 @@ pub async fn run_all(store: Arc<dyn Store>) {
     registry_and_summary(&*store).await;
     dead_letters_are_kept(&*store).await;
     compacted_counts_are_stored(&*store).await;
+    group_commit_stores_each_batch_once(&*store).await;
+    timeseries_counts_rows_and_compacted_counts(&*store).await;
     store.ping().await.expect("ping");
+    // Last: it deletes old data.
+    retention_deletes_what_the_policy_no_longer_keeps(&*store).await;
 }
 
 async fn ingest_is_idempotent_and_acks_contiguous_prefix(s: &dyn Store) {
@@ -160,6 +164,15 @@ async fn keyset_pagination_and_filters(s: &dyn Store) {
     };
     let items = s.detections(&q).await.expect("filtered").items;
     assert!(!items.is_empty());
+    // Tenant scoping: an explicit node list, empty meaning nothing.
+    let scoped = |nodes: Vec<&str>| DetectionQuery {
+        node_ids: Some(nodes.into_iter().map(str::to_owned).collect()),
+        limit: 1000,
+        ..Default::default()
+    };
+    assert_eq!(s.detections(&scoped(vec!["p"])).await.expect("scoped").items.len(), 35);
+    assert_eq!(s.detections(&scoped(vec!["p", "a"])).await.expect("scoped").items.len(), 35 + 11);
+    assert!(s.detections(&scoped(vec![])).await.expect("scoped").items.is_empty());
     for d in &items {
         assert_eq!(
             (d.camera_id.as_str(), d.label.as_str()),
@@ -251,6 +264,105 @@ async fn compacted_counts_are_stored(s: &dyn Store) {
     assert_eq!(o.acked_seq, 1);
 }
 
+async fn group_commit_stores_each_batch_once(s: &dyn Store) {
+    // Two nodes, a resend queued beside its original, and a hole filled
+    // within the group: one transaction, outcomes in input order.
+    let group = [
+        batch("g", "e", 1, 2),
+        batch("g", "e", 3, 2),
+        batch("h", "e", 1, 4),
+        batch("g", "e", 1, 2),
+        batch("g", "e", 2, 1),
+    ];
+    let out = s.ingest_batches(&group).await.expect("group");
+    let got: Vec<(bool, u64, usize)> = out
+        .iter()
+        .map(|o| (o.duplicate, o.acked_seq, o.detection_ids.len()))
+        .collect();
+    assert_eq!(
+        got,
+        [(false, 3, 2), (false, 3, 2), (false, 1, 4), (true, 3, 0), (false, 3, 1)]
+    );
+    let mut ids: Vec<i64> = out.iter().flat_map(|o| o.detection_ids.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 9, "every stored row has its own id");
+    let count = |node: &str| DetectionQuery {
+        node_id: Some(node.into()),
+        limit: 1000,
+        ..Default::default()
+    };
+    assert_eq!(s.detections(&count("g")).await.expect("g").items.len(), 5);
+    assert_eq!(s.detections(&count("h")).await.expect("h").items.len(), 4);
+    // The whole group again: all duplicates, nothing written.
+    let again = s.ingest_batches(&group).await.expect("resend group");
+    assert!(again.iter().all(|o| o.duplicate && o.detection_ids.is_empty()));
+    assert_eq!(s.detections(&count("g")).await.expect("g").items.len(), 5);
+    assert!(s.ingest_batches(&[]).await.expect("empty group").is_empty());
+}
+
+async fn timeseries_counts_rows_and_compacted_counts(s: &dyn Store) {
+    // Node "ts" gets 6 rows in seq 1 (t0+1s..) and 6 in seq 61 (t0+61s..),
+    // so two one-minute buckets, plus a compacted count of 40 at t0.
+    s.ingest_batch(&batch("ts", "e", 1, 6)).await.expect("b1");
+    s.ingest_batch(&batch("ts", "e", 61, 6)).await.expect("b61");
+    let q = |by| TimeseriesQuery {
+        since: t0(),
+        until: t0() + Duration::minutes(2),
+        bucket: std::time::Duration::from_secs(60),
+        by,
+    };
+    let points = s.timeseries(&q(TimeseriesBy::Label)).await.expect("by label");
+    let total: u64 = points.iter().map(|p| p.count).sum();
+    // Everything stored in the window by every node, counts included.
+    let all = s
+        .detections(&DetectionQuery {
+            since: Some(t0()),
+            until: Some(t0() + Duration::minutes(2)),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .expect("rows")
+        .items
+        .len() as u64;
+    assert_eq!(total, all + 40, "rows plus the compacted count");
+    assert!(points.iter().all(|p| p.bucket == t0() || p.bucket == t0() + Duration::minutes(1)));
+    let motion = points
+        .iter()
+        .find(|p| p.key == "motion" && p.bucket == t0())
+        .expect("compacted motion count");
+    assert_eq!(motion.count, 40);
+    let cams = s.timeseries(&q(TimeseriesBy::Camera)).await.expect("by camera");
+    assert!(cams.iter().any(|p| p.key == "north") && cams.iter().any(|p| p.key == "south"));
+    let zones = s.timeseries(&q(TimeseriesBy::Zone)).await.expect("by zone");
+    assert_eq!(zones.iter().map(|p| p.count).sum::<u64>(), total);
+}
+
+async fn retention_deletes_what_the_policy_no_longer_keeps(s: &dyn Store) {
+    let everything = DetectionQuery {
+        limit: 100_000,
+        ..Default::default()
+    };
+    assert!(!s.detections(&everything).await.expect("rows").items.is_empty());
+    // Keeping a day, ten days after the test data: all detections go; dead
+    // letters (received now) stay under a 1 h policy judged now.
+    let policy = RetentionPolicy {
+        detections: Some(Duration::days(1)),
+        heartbeats: None,
+        dead_letters: Some(Duration::hours(1)),
+    };
+    let report = s
+        .apply_retention(&policy, t0().max(Utc::now()) + Duration::days(10))
+        .await
+        .expect("retention");
+    assert!(report.detections_deleted + report.partitions_dropped > 0, "{report:?}");
+    assert!(s.detections(&everything).await.expect("rows").items.is_empty());
+    assert!(s.dead_letters(10).await.expect("dead letters").is_empty(), "older than 1 h ten days on");
+    // The ledger is not subject to retention: resends are still recognised.
+    assert!(s.ingest_batch(&batch("a", "e1", 1, 3)).await.expect("resend").duplicate);
+}
+
 #[tokio::test]
 async fn sqlite_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -269,4 +381,108 @@ async fn sqlite_refuses_a_corrupt_file_with_a_clear_error() {
     std::fs::write(&path, vec![0x42u8; 8192]).expect("write junk");
     let err = super::open(&format!("sqlite://{}", path.display())).expect_err("corrupt");
     assert!(err.to_string().contains("junk.db"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new.db");
+    let url = format!("sqlite://{}", path.display());
+    drop(super::open(&url).expect("create"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.pragma_update(None, "user_version", 999).expect("bump");
+    drop(conn);
+    let err = super::open(&url).expect_err("newer schema");
+    assert!(matches!(err, super::StoreError::TooNew { found: 999, .. }), "{err}");
+    assert!(err.to_string().contains("newer aggregator"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_hot_queries_use_an_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = super::sqlite::SqliteStore::open(&dir.path().join("x.db").display().to_string())
+        .expect("open");
+    for q in hot_queries() {
+        let plan = store.explain_detections(&q).await.expect("explain");
+        assert!(plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX"), "{q:?}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{q:?} sorts instead of walking the index: {plan}");
+    }
+}
+
+/// The API's common queries: newest first, by node, by label, by camera,
+/// and a next page.
+fn hot_queries() -> Vec<DetectionQuery> {
+    let base = DetectionQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    vec![
+        base.clone(),
+        DetectionQuery {
+            node_id: Some("n".into()),
+            ..base.clone()
+        },
+        DetectionQuery {
+            label: Some("car".into()),
+            since: Some(t0()),
+            ..base.clone()
+        },
+        DetectionQuery {
+            camera_id: Some("north".into()),
+            ..base.clone()
+        },
+        DetectionQuery {
+            node_id: Some("n".into()),
+            after: Some((t0().timestamp_millis(), 10)),
+            ..base
+        },
+    ]
+}
+
+#[tokio::test]
+async fn postgres_passes_the_conformance_suite() {
+    let Some(db) = super::postgres::test_db::fresh().await else {
+        eprintln!("EDGEQI_TEST_DATABASE_URL is not set: PostgreSQL conformance skipped (scripts/test sets it)");
+        return;
+    };
+    let settings = super::postgres::PgSettings::default();
+    let store = super::connect(&db.url, &settings).await.expect("open");
+    run_all(store.clone()).await;
+    drop(store);
+    // Migrations are safe to run twice and keep the data.
+    let again = super::connect(&db.url, &settings).await.expect("reopen");
+    assert_eq!(again.ledger("a").await.expect("ledger").len(), 3);
+    drop(again);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_newer_schema_and_uses_indexes() {
+    let Some(db) = super::postgres::test_db::fresh().await else {
+        eprintln!("EDGEQI_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    let settings = super::postgres::PgSettings::default();
+    let store = super::postgres::PgStore::open(&db.url, &settings).await.expect("open");
+    let today = super::postgres::partition_name_for(Utc::now());
+    assert!(store.partitions().await.expect("partitions").contains(&today), "partition for today");
+    for q in hot_queries() {
+        let plan = store.explain_detections(&q).await.expect("explain");
+        assert!(plan.contains("Index"), "{q:?}: {plan}");
+        let sorts = plan.lines().any(|l| {
+            let node = l.trim_start().trim_start_matches("->").trim_start();
+            node.starts_with("Sort  (") || node.starts_with("Incremental Sort")
+        });
+        assert!(!plan.contains("Seq Scan") && !sorts, "{q:?}: {plan}");
+    }
+    drop(store);
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute("INSERT INTO edgeqi_schema (version, applied_by) VALUES (999, 'the future')")
+        .await
+        .expect("bump");
+    let err = super::connect(&db.url, &settings).await.expect_err("newer schema");
+    assert!(err.to_string().contains("version 999"), "{err}");
+    db.drop_db().await;
 }

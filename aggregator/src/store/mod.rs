@@ -1,6 +1,6 @@
 //! Durable storage of everything the aggregator accepts, behind one [`Store`]
-//! trait so that backends (SQLite now, PostgreSQL later) are interchangeable
-//! and tested by one conformance suite.
+//! trait so that backends (SQLite, PostgreSQL) are interchangeable and tested
+//! by one conformance suite. The `--database-url` scheme picks the backend.
 //!
 //! The ledger lives here too: a batch and its `(node_id, epoch, seq)` record
 //! are committed in one transaction, so `acked_seq` can never run ahead of
@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use edgeqi_shared::{DetectionBatch, Heartbeat, NodeStatus};
 use serde::Serialize;
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -22,10 +23,16 @@ mod conformance;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(String),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH (postgres:// arrives with the PostgreSQL backend)")]
+    /// The database cannot be reached right now (stopped, network, pool
+    /// exhausted): callers retry and stop acknowledging meanwhile.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB")]
     UnsupportedUrl(String),
     #[error("cannot open database {path}: {reason}")]
     Open { path: String, reason: String },
+    #[error("the database schema is version {found} but this edgeqi-aggregator only knows versions up to {known}: run a newer aggregator (or restore a backup made for this version)")]
+    TooNew { found: usize, known: usize },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -66,6 +73,8 @@ pub struct StoredDetection {
 #[derive(Debug, Clone, Default)]
 pub struct DetectionQuery {
     pub node_id: Option<String>,
+    /// Limits the query to these nodes (a tenant's); `Some(empty)` matches nothing.
+    pub node_ids: Option<Vec<String>>,
     pub camera_id: Option<String>,
     pub label: Option<String>,
     pub since: Option<DateTime<Utc>>,
@@ -150,13 +159,74 @@ pub struct Summary {
     pub nodes_online: u64,
 }
 
+/// What `GET /api/v1/stats/timeseries` groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeseriesBy {
+    Label,
+    Camera,
+    Zone,
+}
+
+/// Counts of detections (live rows plus compacted per-minute counts) per
+/// time bucket and key, over `[since, until)`.
+#[derive(Debug, Clone)]
+pub struct TimeseriesQuery {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub bucket: std::time::Duration,
+    pub by: TimeseriesBy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimeseriesPoint {
+    pub bucket: DateTime<Utc>,
+    /// The label, camera id, or zone ("" for detections outside any zone).
+    pub key: String,
+    pub count: u64,
+}
+
+/// How long each kind of data is kept; `None` keeps it forever.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub detections: Option<chrono::Duration>,
+    /// Nodes whose last heartbeat or message is older are forgotten (their
+    /// ledger is kept, so a returning node is still deduplicated).
+    pub heartbeats: Option<chrono::Duration>,
+    pub dead_letters: Option<chrono::Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionReport {
+    pub partitions_dropped: u64,
+    pub detections_deleted: u64,
+    pub nodes_forgotten: u64,
+    pub dead_letters_deleted: u64,
+}
+
 /// The storage backend contract. Every method is one transaction.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Stores a batch unless `(node_id, epoch, seq)` is already stored, and
-    /// advances the epoch's contiguous seq — all in one transaction.
-    async fn ingest_batch(&self, batch: &DetectionBatch) -> StoreResult<IngestOutcome>;
-    async fn record_heartbeat(&self, hb: &Heartbeat) -> StoreResult<()>;
+    /// Stores each batch unless its `(node_id, epoch, seq)` is already
+    /// stored, and advances each epoch's contiguous seq, all in one
+    /// transaction (group commit): when this returns `Ok`, every batch is
+    /// durable and may be acknowledged. Outcomes are in input order; a batch
+    /// given twice is stored once and reported as a duplicate the second time.
+    async fn ingest_batches(&self, batches: &[DetectionBatch]) -> StoreResult<Vec<IngestOutcome>>;
+
+    /// [`Store::ingest_batches`] for one batch.
+    async fn ingest_batch(&self, batch: &DetectionBatch) -> StoreResult<IngestOutcome> {
+        self.ingest_batches(std::slice::from_ref(batch))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Database("no outcome for the batch".into()))
+    }
+
+    /// Records several heartbeats in one transaction.
+    async fn record_heartbeats(&self, hbs: &[Heartbeat]) -> StoreResult<()>;
+
+    async fn record_heartbeat(&self, hb: &Heartbeat) -> StoreResult<()> {
+        self.record_heartbeats(std::slice::from_ref(hb)).await
+    }
     async fn record_status(&self, status: &NodeStatus) -> StoreResult<()>;
     async fn dead_letter(
         &self,
@@ -172,15 +242,58 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn ledger(&self, node_id: &str) -> StoreResult<Vec<LedgerEntry>>;
     async fn detections(&self, q: &DetectionQuery) -> StoreResult<DetectionPage>;
     async fn summary(&self, now: DateTime<Utc>) -> StoreResult<Summary>;
+    /// [`Store::summary`] limited to some nodes (a tenant's).
+    async fn summary_for(&self, now: DateTime<Utc>, node_ids: &[String]) -> StoreResult<Summary> {
+        let _ = (now, node_ids);
+        Err(StoreError::Database("tenant-scoped summaries are not supported by this backend".into()))
+    }
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>>;
+    async fn timeseries(&self, q: &TimeseriesQuery) -> StoreResult<Vec<TimeseriesPoint>>;
+    /// Deletes what the policy no longer keeps (and, on PostgreSQL, creates
+    /// the partitions ahead of time).
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RetentionReport>;
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 }
 
-/// Opens the backend a `--database-url` names.
+/// Whether this build has a backend for the URL's scheme.
+pub fn is_supported_url(url: &str) -> bool {
+    url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Opens an SQLite `--database-url` synchronously (tests and tools); use
+/// [`connect`] for any backend.
 pub fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path)?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Open {
+            path: redact_url(url),
+            reason: "PostgreSQL is opened with store::connect (async)".into(),
+        });
+    }
+    Err(StoreError::UnsupportedUrl(redact_url(url)))
+}
+
+/// Opens (and migrates) the backend a `--database-url` names.
+pub async fn connect(
+    url: &str,
+    pg: &postgres::PgSettings,
+) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.to_owned();
+        let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
+            .await
+            .map_err(|e| StoreError::Database(format!("storage task failed: {e}")))??;
+        return Ok(std::sync::Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(postgres::PgStore::open(url, pg).await?));
     }
     Err(StoreError::UnsupportedUrl(redact_url(url)))
 }

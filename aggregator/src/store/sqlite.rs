@@ -13,8 +13,9 @@ use edgeqi_shared::{DetectionBatch, Heartbeat, NodeStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    DeadLetter, DetectionPage, DetectionQuery, IngestOutcome, LedgerEntry, NodeRecord, Store,
-    StoreError, StoreResult, StoredDetection, Summary,
+    DeadLetter, DetectionPage, DetectionQuery, IngestOutcome, LedgerEntry, NodeRecord,
+    RetentionPolicy, RetentionReport, Store, StoreError, StoreResult, StoredDetection, Summary,
+    TimeseriesBy, TimeseriesPoint, TimeseriesQuery,
 };
 
 /// Schema versions, applied in order and recorded in `PRAGMA user_version`.
@@ -88,6 +89,11 @@ const MIGRATIONS: &[&str] = &[
         payload_bytes INTEGER NOT NULL
     );
     "#,
+    // 2: camera filter index (keyset by camera) and time index for retention.
+    r#"
+    CREATE INDEX detections_by_camera ON detections (camera_id, ts_ms DESC, id DESC);
+    CREATE INDEX dead_letters_by_time ON dead_letters (received_ms);
+    "#,
 ];
 
 /// Dead letters keep at most this much of a payload.
@@ -142,7 +148,10 @@ impl SqliteStore {
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
             )
             .map_err(|e| open_err(format!("{e} (is this an SQLite database?)")))?;
-        migrate(&writer).map_err(|e| open_err(format!("migration failed: {e}")))?;
+        migrate(&writer).map_err(|e| match e {
+            e @ StoreError::TooNew { .. } => e,
+            e => open_err(format!("migration failed: {e}")),
+        })?;
         let reader = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         reader
             .execute_batch("PRAGMA busy_timeout=5000;")
@@ -176,8 +185,14 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+fn migrate(conn: &Connection) -> StoreResult<()> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
@@ -197,8 +212,27 @@ fn touch_node(tx: &rusqlite::Transaction<'_>, node_id: &str, now_ms: i64) -> rus
     Ok(())
 }
 
-fn ingest(conn: &mut Connection, batch: &DetectionBatch) -> StoreResult<IngestOutcome> {
+/// Stores a group of batches in one transaction: one fsync for all of them.
+fn ingest_group(conn: &mut Connection, batches: &[DetectionBatch]) -> StoreResult<Vec<IngestOutcome>> {
     let tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        out.push(ingest(&tx, b)?);
+    }
+    tx.commit()?;
+    // Every outcome reports its epoch's prefix after the whole group, as the
+    // PostgreSQL backend does.
+    let mut last = std::collections::HashMap::new();
+    for (b, o) in batches.iter().zip(&out) {
+        last.insert((b.node_id.as_str(), b.epoch.as_str()), o.acked_seq);
+    }
+    for (b, o) in batches.iter().zip(out.iter_mut()) {
+        o.acked_seq = last[&(b.node_id.as_str(), b.epoch.as_str())];
+    }
+    Ok(out)
+}
+
+fn ingest(tx: &rusqlite::Transaction<'_>, batch: &DetectionBatch) -> StoreResult<IngestOutcome> {
     let now_ms = ms(Utc::now());
     let seq =
         i64::try_from(batch.seq).map_err(|_| StoreError::Database("seq out of range".into()))?;
@@ -284,7 +318,7 @@ fn ingest(conn: &mut Connection, batch: &DetectionBatch) -> StoreResult<IngestOu
                 params![batch.node_id, batch.epoch, acked],
             )?;
         }
-        touch_node(&tx, &batch.node_id, now_ms)?;
+        touch_node(tx, &batch.node_id, now_ms)?;
     }
     let acked: i64 = tx
         .query_row(
@@ -294,12 +328,68 @@ fn ingest(conn: &mut Connection, batch: &DetectionBatch) -> StoreResult<IngestOu
         )
         .optional()?
         .unwrap_or(0);
-    tx.commit()?;
     Ok(IngestOutcome {
         duplicate: inserted == 0,
         acked_seq: u64::try_from(acked).unwrap_or(0),
         detection_ids: ids,
     })
+}
+
+/// The SQL of a detections query and its arguments.
+fn detections_sql(q: &DetectionQuery) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::from("SELECT * FROM detections WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(v) = &q.node_id {
+        arg(&mut sql, " AND node_id = ?", v.clone().into());
+    }
+    if let Some(nodes) = &q.node_ids {
+        // Bound as one JSON array so any number of nodes is one parameter.
+        let list = serde_json::to_string(nodes).unwrap_or_else(|_| "[]".into());
+        arg(&mut sql, " AND node_id IN (SELECT value FROM json_each(?))", list.into());
+    }
+    if let Some(v) = &q.camera_id {
+        arg(&mut sql, " AND camera_id = ?", v.clone().into());
+    }
+    if let Some(v) = &q.label {
+        arg(&mut sql, " AND label = ?", v.clone().into());
+    }
+    if let Some(v) = q.since {
+        arg(&mut sql, " AND ts_ms >= ?", ms(v).into());
+    }
+    if let Some(v) = q.until {
+        arg(&mut sql, " AND ts_ms < ?", ms(v).into());
+    }
+    if let Some(v) = q.min_score {
+        arg(&mut sql, " AND score >= ?", f64::from(v).into());
+    }
+    if let Some((ts, id)) = q.after {
+        arg(&mut sql, " AND (ts_ms < ?", ts.into());
+        arg(&mut sql, " OR (ts_ms = ?", ts.into());
+        arg(&mut sql, " AND id < ?))", id.into());
+    }
+    // One extra row tells whether another page follows.
+    sql.push_str(&format!(
+        " ORDER BY ts_ms DESC, id DESC LIMIT {}",
+        q.limit + 1
+    ));
+    (sql, args)
+}
+
+impl SqliteStore {
+    /// SQLite's plan for a detections query (tests check the hot queries use an index).
+    pub async fn explain_detections(&self, q: &DetectionQuery) -> StoreResult<String> {
+        let (sql, args) = detections_sql(q);
+        self.read(move |c| {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("\n"))
+        })
+        .await
+    }
 }
 
 fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
@@ -339,23 +429,31 @@ fn detection_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredDetectio
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn ingest_batch(&self, batch: &DetectionBatch) -> StoreResult<IngestOutcome> {
-        let batch = batch.clone();
-        self.write(move |c| ingest(c, &batch)).await
+    async fn ingest_batches(&self, batches: &[DetectionBatch]) -> StoreResult<Vec<IngestOutcome>> {
+        let batches = batches.to_vec();
+        self.write(move |c| ingest_group(c, &batches)).await
     }
 
-    async fn record_heartbeat(&self, hb: &Heartbeat) -> StoreResult<()> {
-        let json = serde_json::to_string(hb).map_err(|e| StoreError::Database(e.to_string()))?;
-        let (node_id, interval) = (hb.node_id.clone(), hb.interval_s);
+    async fn record_heartbeats(&self, hbs: &[Heartbeat]) -> StoreResult<()> {
+        let rows = hbs
+            .iter()
+            .map(|hb| {
+                serde_json::to_string(hb)
+                    .map(|json| (hb.node_id.clone(), hb.interval_s, json))
+                    .map_err(|e| StoreError::Database(e.to_string()))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         self.write(move |c| {
             let tx = c.transaction()?;
             let now_ms = ms(Utc::now());
-            touch_node(&tx, &node_id, now_ms)?;
-            tx.execute(
-                "UPDATE nodes SET last_heartbeat_ms = ?2, heartbeat_interval_s = ?3, last_heartbeat = ?4
-                 WHERE node_id = ?1",
-                params![node_id, now_ms, interval, json],
-            )?;
+            for (node_id, interval, json) in rows {
+                touch_node(&tx, &node_id, now_ms)?;
+                tx.prepare_cached(
+                    "UPDATE nodes SET last_heartbeat_ms = ?2, heartbeat_interval_s = ?3, last_heartbeat = ?4
+                     WHERE node_id = ?1",
+                )?
+                .execute(params![node_id, now_ms, interval, json])?;
+            }
             tx.commit()?;
             Ok(())
         })
@@ -472,40 +570,7 @@ impl Store for SqliteStore {
     async fn detections(&self, q: &DetectionQuery) -> StoreResult<DetectionPage> {
         let q = q.clone();
         self.read(move |c| {
-            let mut sql = String::from("SELECT * FROM detections WHERE 1=1");
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
-                args.push(v);
-                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-            };
-            if let Some(v) = &q.node_id {
-                arg(&mut sql, " AND node_id = ?", v.clone().into());
-            }
-            if let Some(v) = &q.camera_id {
-                arg(&mut sql, " AND camera_id = ?", v.clone().into());
-            }
-            if let Some(v) = &q.label {
-                arg(&mut sql, " AND label = ?", v.clone().into());
-            }
-            if let Some(v) = q.since {
-                arg(&mut sql, " AND ts_ms >= ?", ms(v).into());
-            }
-            if let Some(v) = q.until {
-                arg(&mut sql, " AND ts_ms < ?", ms(v).into());
-            }
-            if let Some(v) = q.min_score {
-                arg(&mut sql, " AND score >= ?", f64::from(v).into());
-            }
-            if let Some((ts, id)) = q.after {
-                arg(&mut sql, " AND (ts_ms < ?", ts.into());
-                arg(&mut sql, " OR (ts_ms = ?", ts.into());
-                arg(&mut sql, " AND id < ?))", id.into());
-            }
-            // One extra row tells whether another page follows.
-            sql.push_str(&format!(
-                " ORDER BY ts_ms DESC, id DESC LIMIT {}",
-                q.limit + 1
-            ));
+            let (sql, args) = detections_sql(&q);
             let mut stmt = c.prepare_cached(&sql)?;
             let mut rows = stmt
                 .query_map(rusqlite::params_from_iter(args), detection_from_row)?
@@ -547,6 +612,34 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn summary_for(&self, now: DateTime<Utc>, node_ids: &[String]) -> StoreResult<Summary> {
+        let nodes: Vec<NodeRecord> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| node_ids.contains(&n.node_id))
+            .collect();
+        let nodes_online = nodes.iter().filter(|n| n.is_online(now)).count() as u64;
+        let nodes_total = nodes.len() as u64;
+        let list = serde_json::to_string(node_ids).unwrap_or_else(|_| "[]".into());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT label, COUNT(*) FROM detections
+                 WHERE node_id IN (SELECT value FROM json_each(?1)) GROUP BY label",
+            )?;
+            let by_class = stmt
+                .query_map([list], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()?;
+            Ok(Summary {
+                detections_total: by_class.values().sum(),
+                by_class,
+                nodes_total,
+                nodes_online,
+            })
+        })
+        .await
+    }
+
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
@@ -567,6 +660,70 @@ impl Store for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn timeseries(&self, q: &TimeseriesQuery) -> StoreResult<Vec<TimeseriesPoint>> {
+        let key = match q.by {
+            TimeseriesBy::Label => "label",
+            TimeseriesBy::Camera => "camera_id",
+            TimeseriesBy::Zone => "COALESCE(zone, '')",
+        };
+        let bucket_ms = i64::try_from(q.bucket.as_millis()).unwrap_or(i64::MAX).max(1);
+        let (since, until) = (ms(q.since), ms(q.until));
+        // Live rows through detections_by_time, compacted counts through
+        // detection_counts_by_time.
+        let sql = format!(
+            "SELECT (t / ?3) * ?3 AS bucket, k, SUM(n) FROM (
+                SELECT ts_ms AS t, {key} AS k, 1 AS n FROM detections WHERE ts_ms >= ?1 AND ts_ms < ?2
+                UNION ALL
+                SELECT minute_ms, {key}, count FROM detection_counts WHERE minute_ms >= ?1 AND minute_ms < ?2
+             ) GROUP BY 1, 2 ORDER BY 1, 2"
+        );
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![since, until, bucket_ms], |r| {
+                Ok(TimeseriesPoint {
+                    bucket: from_ms(r.get(0)?),
+                    key: r.get(1)?,
+                    count: r.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RetentionReport> {
+        let policy = policy.clone();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let mut report = RetentionReport::default();
+            if let Some(keep) = policy.detections {
+                let cutoff = ms(now - keep);
+                report.detections_deleted = (tx
+                    .execute("DELETE FROM detections WHERE ts_ms < ?1", [cutoff])?
+                    + tx.execute("DELETE FROM detection_counts WHERE minute_ms < ?1", [cutoff])?)
+                    as u64;
+            }
+            if let Some(keep) = policy.dead_letters {
+                report.dead_letters_deleted = tx.execute(
+                    "DELETE FROM dead_letters WHERE received_ms < ?1",
+                    [ms(now - keep)],
+                )? as u64;
+            }
+            if let Some(keep) = policy.heartbeats {
+                report.nodes_forgotten = tx
+                    .execute("DELETE FROM nodes WHERE last_seen_ms < ?1", [ms(now - keep)])?
+                    as u64;
+            }
+            tx.commit()?;
+            Ok(report)
         })
         .await
     }

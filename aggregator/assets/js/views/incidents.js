@@ -112,7 +112,7 @@ function mountDetail(main, ctx, id) {
     const comments = i.comments || [];
     const commentBox = h('textarea', { id: 'comment', name: 'comment', rows: 3, required: true });
     const assignee = h('input', { id: 'assignee', name: 'assignee', value: i.assignee || '' });
-    body.replaceChildren(
+    body.replaceChildren(...[
       i.description ? h('section', { class: 'panel' }, h('h2', {}, 'Description'), h('p', {}, i.description)) : null,
       h('section', { class: 'panel' }, h('h2', {}, 'Reports'), (i.reports || []).length
         ? h('ul', {}, i.reports.map((r) => h('li', {}, h('strong', {}, r.reporter || r.source || 'report'), ' ',
@@ -132,7 +132,8 @@ function mountDetail(main, ctx, id) {
         ctx.can('operator') ? h('form', { class: 'inline', onsubmit: async (ev) => {
           ev.preventDefault();
           if (await act(i, { assignee: assignee.value.trim() || null }, feedback)) load();
-        } }, h('label', { for: 'assignee' }, 'Assignee'), assignee, h('button', { type: 'submit' }, 'Assign')) : null));
+        } }, h('label', { for: 'assignee' }, 'Assignee'), assignee, h('button', { type: 'submit' }, 'Assign')) : null),
+    ].filter(Boolean));
   };
 
   async function load() {

@@ -35,6 +35,7 @@ export function mount(main, ctx) {
       });
       if (r.ok && r.body && r.body.token) {
         setToken(r.body.token);
+        if (r.body.expires_at) sessionStorage.setItem('edgeqi.expires', r.body.expires_at);
         pass.value = '';
         ctx.signedIn(r.body.user || { username: user.value.trim(), role: 'viewer' });
         return;

@@ -56,8 +56,8 @@ export function mount(main) {
       tile('detections-per-minute', 'Detections / min', fmtNum(detectionsPerMinute()),
         state.summary ? `${fmtNum(state.summary.detections_total)} stored` : '', '/ui/live'),
       inc,
-      tile('bandwidth', 'Bandwidth saved', bw.frames ? `${fmtNum(bw.frames)} frames kept` : '—',
-        bw.frames ? `${fmtNum(bw.sent)} detections sent${ratio ? ` · 1 per ${fmtNum(ratio, ratio < 10 ? 1 : 0)} frames` : ''}` : 'no frame counts in heartbeats yet'),
+      tile('bandwidth', 'Bandwidth saved', bw.frames ? fmtNum(bw.frames) : '—',
+        bw.frames ? `frames analysed and kept on the edge; ${fmtNum(bw.sent)} detections sent${ratio ? ` (1 per ${fmtNum(ratio, ratio < 10 ? 1 : 0)} frames)` : ''}` : 'no frame counts in heartbeats yet'),
       tile('cameras-blind', 'Cameras blind', fmtNum(blind.length),
         blind.length ? blind.slice(0, 3).map((b) => `${b.node}/${b.camera}: ${b.state}`).join(', ') : 'all cameras see', '/ui/nodes'),
     ].filter(Boolean));

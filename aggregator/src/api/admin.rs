@@ -1,0 +1,240 @@
+//! Administration routes: users, tenants, API keys, node provisioning and
+//! the audit log. Every mutation is recorded in the audit log.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{api_key_digest, hash_password, new_api_key, AsAdmin, AsViewer, Authed, Principal};
+use super::{ApiError, AppState, JsonBody};
+use crate::accounts::{AccountError, AuditRecord, Role};
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            AccountError::NotFound(what) => ApiError::Unprocessable(what),
+            AccountError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The client's address as the reverse proxy (or the socket) reports it.
+pub fn remote_addr(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_owned())
+        .or_else(|| headers.get("x-real-ip").and_then(|v| v.to_str().ok()).map(str::to_owned))
+}
+
+/// Records a mutation; a failure to audit is logged, not hidden.
+pub async fn audit(
+    state: &AppState,
+    who: &Principal,
+    headers: &HeaderMap,
+    action: &str,
+    target: String,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) {
+    let record = AuditRecord {
+        actor: who.name.clone(),
+        tenant_id: who.tenant_id,
+        action: action.to_owned(),
+        target,
+        before,
+        after,
+        remote_addr: remote_addr(headers),
+    };
+    if let Err(e) = state.accounts.audit(record).await {
+        tracing::error!(error = %e, action, "cannot write the audit log");
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    username: String,
+    password: String,
+    role: String,
+    tenant_id: Option<i64>,
+}
+
+fn check_username(u: &str) -> Result<(), ApiError> {
+    if (1..=64).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b)) {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable("username must be 1-64 characters of A-Z a-z 0-9 . _ - @".into()))
+    }
+}
+
+/// `POST /api/v1/users` (admin)
+pub async fn create_user(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<NewUser>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    check_username(&req.username)?;
+    if req.password.len() < 8 || req.password.len() > 1024 {
+        return Err(ApiError::Unprocessable("password must be 8-1024 characters".into()));
+    }
+    let role: Role = req.role.parse().map_err(ApiError::Unprocessable)?;
+    // A tenant admin creates users in their own tenant only.
+    let tenant_id = match (who.tenant_id, req.tenant_id) {
+        (Some(mine), Some(t)) if t != mine => return Err(ApiError::Forbidden("you can only create users in your own tenant".into())),
+        (Some(mine), _) => Some(mine),
+        (None, t) => t,
+    };
+    if tenant_id.is_none() && role != Role::Admin {
+        return Err(ApiError::Unprocessable("operators and viewers belong to a tenant: give tenant_id".into()));
+    }
+    let hash = {
+        let pw = req.password.clone();
+        tokio::task::spawn_blocking(move || hash_password(&pw))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    };
+    let user = state.accounts.create_user(&req.username, &hash, role, tenant_id).await?;
+    let after = serde_json::to_value(&user).ok();
+    audit(&state, &who, &headers, "user.create", format!("user:{}", user.id), None, after).await;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(user).unwrap_or_default())))
+}
+
+/// `GET /api/v1/users` (admin): users of the caller's tenant, or all.
+pub async fn list_users(State(state): State<AppState>, Authed(who): AsAdmin) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "items": state.accounts.users(who.scope()).await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    name: String,
+}
+
+/// `POST /api/v1/tenants` (global admin)
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<NewTenant>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if who.tenant_id.is_some() {
+        return Err(ApiError::Forbidden("only a global admin creates tenants".into()));
+    }
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 128 {
+        return Err(ApiError::Unprocessable("name must be 1-128 characters".into()));
+    }
+    let tenant = state.accounts.create_tenant(name).await?;
+    let after = serde_json::to_value(&tenant).ok();
+    audit(&state, &who, &headers, "tenant.create", format!("tenant:{}", tenant.id), None, after.clone()).await;
+    Ok((StatusCode::CREATED, Json(after.unwrap_or_default())))
+}
+
+/// `GET /api/v1/tenants`: all for a global caller, otherwise one's own.
+pub async fn list_tenants(State(state): State<AppState>, Authed(who): AsViewer) -> Result<Json<serde_json::Value>, ApiError> {
+    let items = match who.tenant_id {
+        None => state.accounts.tenants().await?,
+        Some(t) => state.accounts.tenant(t).await?.into_iter().collect(),
+    };
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    name: String,
+    role: String,
+    tenant_id: Option<i64>,
+}
+
+/// `POST /api/v1/api-keys` (admin): the key is in the answer, once.
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<NewApiKey>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let role: Role = req.role.parse().map_err(ApiError::Unprocessable)?;
+    let tenant_id = who.tenant_id.or(req.tenant_id);
+    if who.tenant_id.is_some() && req.tenant_id.is_some_and(|t| Some(t) != who.tenant_id) {
+        return Err(ApiError::Forbidden("you can only create keys in your own tenant".into()));
+    }
+    let key = new_api_key();
+    let stored = state
+        .accounts
+        .create_api_key(req.name.trim(), &api_key_digest(&key), role, tenant_id, &who.name)
+        .await?;
+    let after = serde_json::to_value(&stored).ok();
+    audit(&state, &who, &headers, "api_key.create", format!("api_key:{}", stored.id), None, after).await;
+    let mut body = serde_json::to_value(&stored).unwrap_or_default();
+    body["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provision {
+    node_id: String,
+    tenant_id: Option<i64>,
+}
+
+/// `POST /api/v1/nodes` (admin): registers a node under a tenant.
+pub async fn provision_node(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<Provision>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if !edgeqi_shared::topic::is_valid_node_id(&req.node_id) {
+        return Err(ApiError::Unprocessable("node_id must match [A-Za-z0-9_-]{1,64}".into()));
+    }
+    let tenant = who
+        .tenant_id
+        .or(req.tenant_id)
+        .ok_or_else(|| ApiError::Unprocessable("give tenant_id".into()))?;
+    if !who.can_access(Some(tenant)) {
+        return Err(ApiError::Forbidden("not your tenant".into()));
+    }
+    if state.accounts.tenant(tenant).await?.is_none() {
+        return Err(ApiError::Unprocessable(format!("no tenant {tenant}")));
+    }
+    state.accounts.set_node_tenant(&req.node_id, tenant).await?;
+    let after = json!({"node_id": req.node_id, "tenant_id": tenant});
+    audit(&state, &who, &headers, "node.provision", format!("node:{}", req.node_id), None, Some(after.clone())).await;
+    Ok((StatusCode::CREATED, Json(after)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditParams {
+    limit: Option<usize>,
+    cursor: Option<i64>,
+}
+
+/// `GET /api/v1/audit` (admin), newest first; `cursor` is the last id seen.
+pub async fn audit_log(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    Query(p): Query<AuditParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let items = state.accounts.audit_log(who.scope(), limit, p.cursor).await?;
+    let next = (items.len() == limit).then(|| items.last().map(|e| e.id)).flatten();
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
+}
+
+/// `GET /api/v1/users/{id}` (admin)
+pub async fn get_user(State(state): State<AppState>, Authed(who): AsAdmin, Path(id): Path<i64>) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = state
+        .accounts
+        .user(id)
+        .await?
+        .filter(|u| who.can_access(u.tenant_id))
+        .ok_or_else(|| ApiError::NotFound(format!("no user {id}")))?;
+    Ok(Json(serde_json::to_value(user).unwrap_or_default()))
+}
