@@ -11,6 +11,7 @@ mod delivery;
 mod detect;
 mod frame;
 mod heartbeat;
+mod model_cli;
 mod motion_gate;
 mod outbox;
 mod pipeline;
@@ -59,6 +60,12 @@ enum Command {
     },
     /// Run the camera pipeline over a recording and print what it found.
     Process(ProcessArgs),
+    /// Import or download detector models.
+    Model(model_cli::ModelArgs),
+    /// Run the YOLO detector on images (uses --model).
+    Detect(model_cli::DetectArgs),
+    /// Benchmarks (`bench detector`, uses --model).
+    Bench(model_cli::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +156,13 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Model tools need no agent configuration.
+    match &cli.command {
+        Some(Command::Model(a)) => return model_cli::model(a),
+        Some(Command::Detect(a)) => return model_cli::detect(a, cli.global.model.as_deref()),
+        Some(Command::Bench(a)) => return model_cli::bench(a, cli.global.model.as_deref()),
+        _ => {}
+    }
     let config = match AgentConfig::load(cli.global.config.as_deref(), &cli.global.overrides()) {
         Ok(c) => c,
         Err(errors) => {
@@ -180,6 +194,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Process(args) => run_process(&config, &args),
+        // Dispatched before the configuration is read.
+        Command::Model(_) | Command::Detect(_) | Command::Bench(_) => ExitCode::SUCCESS,
         Command::Run => {
             init_logging(config.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,11 +1,13 @@
 //! Detectors: find objects in a frame.
 //!
-//! This build has one, [`MotionBlobDetector`]; the YOLOv8 detector arrives
-//! with the detector issue and will implement the same [`Detector`] trait.
+//! [`YoloDetector`] (YOLOv8 in candle) when a model is configured or found
+//! in `models/`, else the [`MotionBlobDetector`] fallback.
 
 mod motion;
+pub mod yolo;
 
 pub use motion::MotionBlobDetector;
+pub use yolo::YoloDetector;
 
 use crate::config::AgentConfig;
 use crate::frame::Frame;
@@ -32,6 +34,8 @@ pub enum DetectError {
         got: usize,
         expected: usize,
     },
+    #[error("detector failed: {0}")]
+    Inference(String),
 }
 
 /// Finds objects in frames. Stateful: the motion detector remembers the
@@ -42,22 +46,21 @@ pub trait Detector: Send {
     fn detect(&mut self, frame: &Frame) -> Result<Vec<ObjectBox>, DetectError>;
 }
 
-/// Says once, at start-up, which detector runs and why.
+/// Says once, at start-up, which detector runs and why (loading the YOLO
+/// model now, so a bad model is reported before the cameras start).
 pub fn announce(config: &AgentConfig) {
-    match &config.model {
-        Some(model) => tracing::warn!(
-            model = %model.display(),
-            "YOLO detection arrives with the detector issue; this build ignores --model and uses the motion-blob detector"
-        ),
-        None => tracing::info!(
-            "no YOLO model loaded (no --model given): using the motion-blob detector fallback"
-        ),
+    if yolo::shared_model(config.model.as_deref()).is_none() {
+        tracing::warn!("using the motion-blob detector: no YOLO detections will be produced");
     }
 }
 
-/// A fresh detector for one camera.
+/// A detector for one camera: YOLO (shared, loaded once) when a model is
+/// available, else a fresh motion-blob detector.
 pub fn for_camera(config: &AgentConfig) -> Box<dyn Detector> {
-    Box::new(MotionBlobDetector::new(config.motion.clone()))
+    match yolo::shared_model(config.model.as_deref()) {
+        Some((path, model)) => Box::new(YoloDetector::new(model, &path)),
+        None => Box::new(MotionBlobDetector::new(config.motion.clone())),
+    }
 }
 
 /// Name of the detector [`for_camera`] builds, for heartbeats.

@@ -59,34 +59,81 @@ pub fn letterbox(
     )
 }
 
-/// Bilinear resize with half-pixel centres and no antialiasing (OpenCV's
-/// `INTER_LINEAR`), rounding back to u8 as OpenCV does.
+/// Bilinear resize exactly as Pillow's `Image.resize(…, BILINEAR)`, which
+/// produced the reference: a triangle filter widened by the downscale factor
+/// (so it antialiases), 22-bit fixed-point weights, horizontal pass then
+/// vertical, each rounded to u8. (OpenCV's `INTER_LINEAR` samples without
+/// antialiasing; the f32 model barely notices, the int8 one does.)
 pub fn resize_bilinear(rgb: &[u8], w: usize, h: usize, nw: usize, nh: usize) -> Vec<u8> {
     if nw == w && nh == h {
         return rgb.to_vec();
     }
-    let axis = |n_out: usize, n_in: usize| -> Vec<(usize, usize, f32)> {
-        let scale = n_in as f32 / n_out as f32;
-        (0..n_out)
-            .map(|o| {
-                let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
+    let horiz = resample_pass(rgb, w, h, nw, true);
+    resample_pass(&horiz, nw, h, nh, false)
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per output pixel: first input index and fixed-point weights.
+fn pil_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // the bilinear filter's support is 1
+    let ss = 1.0 / filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = (((center + support + 0.5) as i64).min(in_size as i64) as usize)
+                .saturating_sub(xmin);
+            let mut k: Vec<f64> = (0..xmax)
+                .map(|x| {
+                    let t = ((x + xmin) as f64 - center + 0.5) * ss;
+                    (1.0 - t.abs()).max(0.0)
+                })
+                .collect();
+            let total: f64 = k.iter().sum();
+            if total != 0.0 {
+                for v in &mut k {
+                    *v /= total;
+                }
+            }
+            let one = f64::from(1u32 << PRECISION_BITS);
+            let kk = k
+                .iter()
+                .map(|&v| (v * one + if v < 0.0 { -0.5 } else { 0.5 }) as i32)
+                .collect();
+            (xmin, kk)
+        })
+        .collect()
+}
+
+/// One separable pass over RGB8: along rows (`horizontal`) or columns.
+fn resample_pass(src: &[u8], w: usize, h: usize, out_len: usize, horizontal: bool) -> Vec<u8> {
+    let (in_len, lines) = if horizontal { (w, h) } else { (h, w) };
+    let coeffs = pil_coeffs(in_len, out_len);
+    let (ow, oh) = if horizontal {
+        (out_len, h)
+    } else {
+        (w, out_len)
     };
-    let xs = axis(nw, w);
-    let ys = axis(nh, h);
-    let mut out = vec![0u8; nw * nh * 3];
-    for (oy, &(y0, y1, fy)) in ys.iter().enumerate() {
-        for (ox, &(x0, x1, fx)) in xs.iter().enumerate() {
+    let mut out = vec![0u8; ow * oh * 3];
+    let half = 1i64 << (PRECISION_BITS - 1);
+    for line in 0..lines {
+        for (o, (start, kk)) in coeffs.iter().enumerate() {
             for c in 0..3 {
-                let p = |y: usize, x: usize| f32::from(rgb[(y * w + x) * 3 + c]);
-                let top = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
-                let bot = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
-                out[(oy * nw + ox) * 3 + c] =
-                    (top * (1.0 - fy) + bot * fy).round().clamp(0.0, 255.0) as u8;
+                let mut acc = half;
+                for (i, &k) in kk.iter().enumerate() {
+                    let (x, y) = if horizontal {
+                        (start + i, line)
+                    } else {
+                        (line, start + i)
+                    };
+                    acc += i64::from(src[(y * w + x) * 3 + c]) * i64::from(k);
+                }
+                let v = (acc >> PRECISION_BITS).clamp(0, 255) as u8;
+                let (x, y) = if horizontal { (o, line) } else { (line, o) };
+                out[(y * ow + x) * 3 + c] = v;
             }
         }
     }

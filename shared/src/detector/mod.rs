@@ -20,6 +20,7 @@ use std::str::FromStr;
 use candle_core::{Device, Tensor};
 
 use image_ops::{letterbox, nms, Candidate};
+pub use model::{profile_start, profile_take};
 use model::{LevelOutput, LoadCtx, YoloV8};
 pub use qconv::QKernel;
 use weights::{ModelMeta, Weights};
@@ -204,11 +205,14 @@ impl Yolo {
             )));
         }
         let (ih, iw) = self.meta.imgsz;
+        let t_pre = std::time::Instant::now();
         let (input, lb) = letterbox(rgb, width, height, iw, ih);
+        model::record("letterbox", t_pre.elapsed());
         let levels = self.pool.install(|| -> Result<_, DetectorError> {
             let t = Tensor::from_vec(input, (ih, iw, 3), &Device::Cpu)?;
             Ok(self.net.forward(&t)?)
         })?;
+        let t_post = std::time::Instant::now();
         let cands = decode(
             &levels,
             self.net.num_classes,
@@ -216,7 +220,9 @@ impl Yolo {
             self.options.conf_threshold,
             self.options.precision == Precision::Int8,
         );
-        Ok(nms(cands, self.options.iou_threshold)
+        let kept = nms(cands, self.options.iou_threshold);
+        model::record("decode+nms", t_post.elapsed());
+        Ok(kept
             .into_iter()
             .map(|c| Detection {
                 class_id: c.class_id,

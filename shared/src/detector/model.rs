@@ -43,6 +43,10 @@ fn with_view<R>(
 /// (candle's `cat` on the last dim returns a transposed layout our kernels
 /// would have to copy again.)
 fn cat_channels(parts: &[&Tensor]) -> candle_core::Result<Tensor> {
+    profiled("concat", || cat_channels_inner(parts))
+}
+
+fn cat_channels_inner(parts: &[&Tensor]) -> candle_core::Result<Tensor> {
     let (h, w, _) = parts[0].dims3()?;
     let total: usize = parts
         .iter()
@@ -66,6 +70,49 @@ fn cat_channels(parts: &[&Tensor]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(out, (h, w, total), parts[0].device())
 }
 
+/// Per-layer timings, collected only while [`profile_start`] is active.
+static PROFILE: std::sync::Mutex<Option<Vec<(String, std::time::Duration)>>> =
+    std::sync::Mutex::new(None);
+
+fn profiled<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let on = PROFILE.lock().map(|p| p.is_some()).unwrap_or(false);
+    if !on {
+        return f();
+    }
+    let t0 = std::time::Instant::now();
+    let out = f();
+    if let Ok(mut p) = PROFILE.lock() {
+        if let Some(v) = p.as_mut() {
+            v.push((name.to_owned(), t0.elapsed()));
+        }
+    }
+    out
+}
+
+pub(crate) fn record(name: &str, d: std::time::Duration) {
+    if let Ok(mut p) = PROFILE.lock() {
+        if let Some(v) = p.as_mut() {
+            v.push((name.to_owned(), d));
+        }
+    }
+}
+
+/// Starts recording per-layer timings (process-wide).
+pub fn profile_start() {
+    if let Ok(mut p) = PROFILE.lock() {
+        *p = Some(Vec::new());
+    }
+}
+
+/// Stops recording and returns `(layer, time)` in execution order.
+pub fn profile_take() -> Vec<(String, std::time::Duration)> {
+    PROFILE
+        .lock()
+        .ok()
+        .and_then(|mut p| p.take())
+        .unwrap_or_default()
+}
+
 #[derive(Debug)]
 enum ConvImpl {
     F32(F32Conv),
@@ -75,6 +122,7 @@ enum ConvImpl {
 /// Conv (batch-norm fused) + bias + optional SiLU.
 #[derive(Debug)]
 pub struct ConvBlock {
+    name: String,
     imp: ConvImpl,
     threads: usize,
 }
@@ -156,13 +204,14 @@ impl ConvBlock {
             }
         };
         Ok(Self {
+            name: prefix.to_owned(),
             imp,
             threads: ctx.threads,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.apply_op1_no_bwd(self)
+        profiled(&self.name, || x.apply_op1_no_bwd(self))
     }
 
     pub fn cout(&self) -> usize {
@@ -321,9 +370,12 @@ struct Sppf {
 impl Sppf {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.cv1.forward(x)?;
-        let y1 = x.apply_op1_no_bwd(&MaxPool5)?;
-        let y2 = y1.apply_op1_no_bwd(&MaxPool5)?;
-        let y3 = y2.apply_op1_no_bwd(&MaxPool5)?;
+        let (y1, y2, y3) = profiled("maxpool", || -> candle_core::Result<_> {
+            let y1 = x.apply_op1_no_bwd(&MaxPool5)?;
+            let y2 = y1.apply_op1_no_bwd(&MaxPool5)?;
+            let y3 = y2.apply_op1_no_bwd(&MaxPool5)?;
+            Ok((y1, y2, y3))
+        })?;
         self.cv2.forward(&cat_channels(&[&x, &y1, &y2, &y3])?)
     }
 }
@@ -433,9 +485,9 @@ impl YoloV8 {
         let p4 = self.c6.forward(&self.d5.forward(&p3)?)?;
         let x = self.c8.forward(&self.d7.forward(&p4)?)?;
         let p5 = self.sppf.forward(&x)?;
-        let up = p5.apply_op1_no_bwd(&Upsample2)?;
+        let up = profiled("upsample", || p5.apply_op1_no_bwd(&Upsample2))?;
         let n4 = self.c12.forward(&cat_channels(&[&up, &p4])?)?;
-        let up = n4.apply_op1_no_bwd(&Upsample2)?;
+        let up = profiled("upsample", || n4.apply_op1_no_bwd(&Upsample2))?;
         let o3 = self.c15.forward(&cat_channels(&[&up, &p3])?)?;
         let o4 = self
             .c18

@@ -14,8 +14,9 @@
 //! centred) stay exact while the inner loop is u8×i8 (`vpdpbusd`).
 //!
 //! Kernels: scalar, AVX2 (`vpmaddwd` on widened values: `vpmaddubsw` would
-//! saturate), AVX-512-VNNI, chosen at run time; NEON is not written yet and
-//! aarch64 uses the scalar kernel.
+//! saturate), AVX-512-VNNI (`vpdpbusd`), and on aarch64 NEON dot product
+//! (`sdot`, on activations shifted to i8 with the shift added back from the
+//! weights' sums), chosen at run time.
 #![allow(unsafe_code)]
 
 use rayon::prelude::*;
@@ -29,6 +30,7 @@ pub enum QKernel {
     Scalar,
     Avx2,
     Avx512Vnni,
+    NeonDot,
 }
 
 impl QKernel {
@@ -46,16 +48,23 @@ impl QKernel {
                 return Self::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                return Self::NeonDot;
+            }
+        }
         Self::Scalar
     }
 
     /// Every kernel this CPU can run (for tests and benchmarks).
     pub fn available() -> Vec<Self> {
         let best = Self::detect();
-        [Self::Scalar, Self::Avx2, Self::Avx512Vnni]
+        [Self::Scalar, Self::Avx2, Self::Avx512Vnni, Self::NeonDot]
             .into_iter()
             .filter(|k| match (k, best) {
                 (Self::Scalar, _) => true,
+                (Self::NeonDot, Self::NeonDot) => true,
                 (Self::Avx2, Self::Avx2 | Self::Avx512Vnni) => true,
                 (Self::Avx512Vnni, Self::Avx512Vnni) => true,
                 _ => false,
@@ -68,6 +77,7 @@ impl QKernel {
             Self::Scalar => "scalar",
             Self::Avx2 => "avx2",
             Self::Avx512Vnni => "avx512-vnni",
+            Self::NeonDot => "neon-dotprod",
         }
     }
 
@@ -77,6 +87,7 @@ impl QKernel {
             Self::Scalar => 1,
             Self::Avx2 => 16,
             Self::Avx512Vnni => 32,
+            Self::NeonDot => 16,
         }
     }
 }
@@ -88,7 +99,11 @@ pub struct PackedB {
     n: usize,
     kp: usize,
     i8s: Vec<i8>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     i16s: Vec<i16>,
+    /// Σ_k s per column (the NEON kernel's correction for its i8 shift).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    ssum: Vec<i32>,
 }
 
 impl PackedB {
@@ -112,7 +127,7 @@ impl PackedB {
                     .map(|(o, kk)| s(o, kk))
                     .collect();
             }
-            QKernel::Avx512Vnni => {
+            QKernel::Avx512Vnni | QKernel::NeonDot => {
                 i8s.reserve(nb * kp * nr);
                 for b in 0..nb {
                     for k4 in 0..kp / 4 {
@@ -137,12 +152,16 @@ impl PackedB {
                 }
             }
         }
+        let ssum = (0..n)
+            .map(|o| (0..k).map(|kk| i32::from(s(o, kk))).sum())
+            .collect();
         Self {
             kernel,
             n,
             kp,
             i8s,
             i16s,
+            ssum,
         }
     }
 
@@ -174,7 +193,13 @@ pub fn qgemm(rows: usize, a: &[u8], lda: usize, b: &PackedB, out: &mut [i32]) {
             // SAFETY: as above for AVX-512-VNNI.
             unsafe { x86::qgemm_vnni(rows, a, lda, b, out) }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        QKernel::NeonDot => {
+            assert!(std::arch::is_aarch64_feature_detected!("dotprod"));
+            // SAFETY: dotprod checked above; bounds asserted above.
+            unsafe { arm::qgemm_neon_dot(rows, a, lda, b, out) }
+        }
+        #[allow(unreachable_patterns)]
         _ => qgemm_scalar(rows, a, lda, b, out),
     }
 }
@@ -298,6 +323,83 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::PackedB;
+    use std::arch::aarch64::*;
+
+    const MR: usize = 4;
+    const NR: usize = 16;
+
+    /// `acc += Σ_t b[4j + t] * a[t]` for the four lanes j: one `sdot` with
+    /// the activations' four bytes taken from lane 0 of `a`.
+    #[inline(always)]
+    unsafe fn sdot_lane0(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        core::arch::asm!(
+            "sdot {acc:v}.4s, {b:v}.16b, {a:v}.4b[0]",
+            acc = inout(vreg) acc,
+            b = in(vreg) b,
+            a = in(vreg) a,
+            options(pure, nomem, nostack)
+        );
+        acc
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn qgemm_neon_dot(
+        rows: usize,
+        a: &[u8],
+        lda: usize,
+        b: &PackedB,
+        out: &mut [i32],
+    ) {
+        let (n, kp) = (b.n, b.kp);
+        let nb = n.div_ceil(NR);
+        let mut r0 = 0;
+        while r0 < rows {
+            let mr = MR.min(rows - r0);
+            let mut ap = [a.as_ptr(); MR];
+            for (i, slot) in ap.iter_mut().enumerate() {
+                *slot = a[(r0 + i.min(mr - 1)) * lda..].as_ptr();
+            }
+            for blk in 0..nb {
+                let bp = b.i8s.as_ptr().add(blk * kp * NR);
+                let mut acc = [[vdupq_n_s32(0); 4]; MR];
+                for k4 in 0..kp / 4 {
+                    let bv = [
+                        vld1q_s8(bp.add(k4 * 64)),
+                        vld1q_s8(bp.add(k4 * 64 + 16)),
+                        vld1q_s8(bp.add(k4 * 64 + 32)),
+                        vld1q_s8(bp.add(k4 * 64 + 48)),
+                    ];
+                    for r in 0..MR {
+                        // u8 → i8 by subtracting 128 (flip the top bit).
+                        let x = (ap[r].add(k4 * 4) as *const u32).read_unaligned() ^ 0x8080_8080;
+                        let av = vreinterpretq_s8_u32(vdupq_n_u32(x));
+                        for j in 0..4 {
+                            acc[r][j] = sdot_lane0(acc[r][j], bv[j], av);
+                        }
+                    }
+                }
+                let cols = NR.min(n - blk * NR);
+                let mut tmp = [0i32; NR];
+                for r in 0..mr {
+                    for j in 0..4 {
+                        vst1q_s32(tmp.as_mut_ptr().add(4 * j), acc[r][j]);
+                    }
+                    let o = (r0 + r) * n + blk * NR;
+                    for c in 0..cols {
+                        // Undo the shift: Σ x·s = Σ (x - 128)·s + 128·Σ s.
+                        out[o + c] = tmp[c] + 128 * b.ssum[blk * NR + c];
+                    }
+                }
+            }
+            r0 += MR;
+        }
+    }
+}
+
 /// ONNX `DynamicQuantizeLinear` parameters for values in `[lo, hi]`.
 pub fn dynamic_qparams(lo: f32, hi: f32) -> (f32, i32) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
@@ -378,27 +480,43 @@ thread_local! {
     static QSCRATCH: RefCell<(Vec<u8>, Vec<i32>, Vec<i32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// Quantizes a view per tensor into a contiguous `h*w*c` buffer.
+/// Quantizes a view per tensor into a contiguous `h*w*c` buffer (in
+/// parallel on the current rayon pool: both passes are memory-bound).
 pub fn quantize_view(x: &ActView<'_>) -> (Vec<u8>, f32, i32) {
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for p in 0..x.h * x.w {
-        for &v in &x.data[p * x.pixel_stride..p * x.pixel_stride + x.c] {
-            lo = lo.min(v);
-            hi = hi.max(v);
-        }
-    }
+    let pixels = x.h * x.w;
+    let chunk = 1024;
+    let (lo, hi) = (0..pixels.div_ceil(chunk))
+        .into_par_iter()
+        .map(|t| {
+            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+            for p in t * chunk..((t + 1) * chunk).min(pixels) {
+                for &v in &x.data[p * x.pixel_stride..p * x.pixel_stride + x.c] {
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
+            }
+            (lo, hi)
+        })
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |a, b| (a.0.min(b.0), a.1.max(b.1)),
+        );
     let (scale, zp) = dynamic_qparams(lo, hi);
     let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-    let mut q = vec![0u8; x.h * x.w * x.c];
-    for p in 0..x.h * x.w {
-        let src = &x.data[p * x.pixel_stride..p * x.pixel_stride + x.c];
-        for (d, &v) in q[p * x.c..(p + 1) * x.c].iter_mut().zip(src) {
-            // Multiplying by the reciprocal rounds like division except at
-            // exact ties, which DynamicQuantizeLinear resolves the same way
-            // often enough for the tolerances we test.
-            *d = ((v * inv).round_ties_even() + zp as f32).clamp(0.0, 255.0) as u8;
-        }
-    }
+    let mut q = vec![0u8; pixels * x.c];
+    q.par_chunks_mut(chunk * x.c)
+        .enumerate()
+        .for_each(|(t, dst)| {
+            for (i, d) in dst.chunks_exact_mut(x.c).enumerate() {
+                let p = t * chunk + i;
+                let src = &x.data[p * x.pixel_stride..p * x.pixel_stride + x.c];
+                for (d, &v) in d.iter_mut().zip(src) {
+                    // Multiplying by the reciprocal rounds like ONNX's division
+                    // except at rare exact ties.
+                    *d = ((v * inv).round_ties_even() + zp as f32).clamp(0.0, 255.0) as u8;
+                }
+            }
+        });
     (q, scale, zp)
 }
 

@@ -1,0 +1,448 @@
+//! `model import|fetch`, `detect` and `bench detector`: the detector's
+//! command line, usable without an agent configuration.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use edgeqi_shared::detector::import::import_onnx;
+use edgeqi_shared::detector::{profile_start, profile_take, DetectorOptions, Precision, Yolo};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use crate::detect::yolo::{default_precision, find_model, MODELS_DIR};
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    #[command(subcommand)]
+    command: ModelCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Convert an Ultralytics YOLOv8 detect ONNX export (fp32 or dynamic int8) to the agent's model file.
+    Import {
+        /// The .onnx file.
+        file: PathBuf,
+        /// Where to write the .safetensors model.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Download a YOLOv8 ONNX export from the model hub, verify its checksum and import it.
+    Fetch {
+        /// Model name, e.g. yolov8n (see the list with --help).
+        name: String,
+        /// Directory for the .onnx and the imported .safetensors.
+        #[arg(long, value_name = "DIR", default_value = MODELS_DIR)]
+        dir: PathBuf,
+        /// Expected SHA-256 of the .onnx (overrides the built-in one).
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// Download from this URL instead of the hub.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// f32 or int8 [default: f32]
+    #[arg(long, value_name = "P")]
+    precision: Option<Precision>,
+    /// One JSON line per image.
+    #[arg(long)]
+    json: bool,
+    /// Threads for inference [default: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Minimum class score.
+    #[arg(long, value_name = "SCORE", default_value_t = edgeqi_shared::detector::default_conf_threshold())]
+    conf: f32,
+    /// NMS IoU threshold.
+    #[arg(long, value_name = "IOU", default_value_t = edgeqi_shared::detector::default_iou_threshold())]
+    iou: f32,
+    /// Images (JPEG or PNG).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Time the detector on one image: median and p90 per frame, peak RSS.
+    Detector {
+        /// f32 or int8 [default: f32]
+        #[arg(long, value_name = "P")]
+        precision: Option<Precision>,
+        /// Threads for inference (the pool size bounds what is used).
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        threads: usize,
+        /// Timed runs.
+        #[arg(long, value_name = "R", default_value_t = 20)]
+        runs: usize,
+        /// Untimed runs first.
+        #[arg(long, value_name = "W", default_value_t = 3)]
+        warmup: usize,
+        /// Also print per-layer timings of one run.
+        #[arg(long)]
+        layers: bool,
+        /// The image.
+        #[arg(value_name = "IMAGE")]
+        image: PathBuf,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+pub fn model(args: &ModelArgs) -> ExitCode {
+    match &args.command {
+        ModelCommand::Import { file, out } => match import(file, out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        ModelCommand::Fetch {
+            name,
+            dir,
+            sha256,
+            url,
+        } => match fetch(name, dir, sha256.as_deref(), url.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn import(file: &Path, out: &Path) -> Result<(), String> {
+    let bar = ProgressBar::new(0).with_message(format!("importing {}", file.display()));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} convs")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let summary = import_onnx(file, out, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .map_err(|e| e.to_string());
+    bar.finish_and_clear();
+    let s = summary?;
+    eprintln!(
+        "imported {} ({} source, {} convs, {} classes, input {}x{}) -> {}",
+        file.display(),
+        if s.quantized_source {
+            "dynamic int8"
+        } else {
+            "fp32"
+        },
+        s.convs,
+        s.num_classes,
+        s.imgsz.1,
+        s.imgsz.0,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Models `fetch` knows. Ultralytics publishes `.pt` weights; the ONNX
+/// exports come from the hub below. No checksum is pinned yet for files we
+/// have not been able to download and hash ourselves: pass `--sha256`.
+const HUB: &[(&str, &str, Option<&str>)] = &[
+    (
+        "yolov8n",
+        "https://huggingface.co/Ultralytics/YOLOv8/resolve/main/yolov8n.onnx",
+        None,
+    ),
+    (
+        "yolov8s",
+        "https://huggingface.co/Ultralytics/YOLOv8/resolve/main/yolov8s.onnx",
+        None,
+    ),
+    (
+        "yolov8m",
+        "https://huggingface.co/Ultralytics/YOLOv8/resolve/main/yolov8m.onnx",
+        None,
+    ),
+];
+
+fn fetch(name: &str, dir: &Path, sha256: Option<&str>, url: Option<&str>) -> Result<(), String> {
+    let known = HUB.iter().find(|(n, _, _)| *n == name);
+    let url = match (url, known) {
+        (Some(u), _) => u.to_owned(),
+        (None, Some((_, u, _))) => (*u).to_owned(),
+        (None, None) => {
+            let names: Vec<&str> = HUB.iter().map(|(n, _, _)| *n).collect();
+            return Err(format!(
+                "unknown model {name:?}; known: {}, or pass --url",
+                names.join(", ")
+            ));
+        }
+    };
+    let expected = sha256
+        .map(str::to_ascii_lowercase)
+        .or_else(|| known.and_then(|(_, _, s)| s.map(str::to_owned)));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let onnx = dir.join(format!("{name}.onnx"));
+    let mut resp = ureq::get(&url).call().map_err(|e| match e {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Io(_)
+        | ureq::Error::Timeout(_) => format!(
+            "cannot reach the model hub ({url}): this machine seems to be offline ({e}). \
+             Copy an Ultralytics YOLOv8 ONNX export here by other means and run \
+             `edgeqi-agent model import FILE.onnx --out {}/{name}.safetensors`",
+            dir.display()
+        ),
+        other => format!("download of {url} failed: {other}"),
+    })?;
+    let len = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bar = ProgressBar::new(len.unwrap_or(0));
+    bar.set_style(
+        ProgressStyle::with_template("downloading {msg} [{bar:30}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(name.to_owned());
+    let mut reader = resp.body_mut().as_reader();
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("download of {url} broke off: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+        bar.set_position(bytes.len() as u64);
+    }
+    bar.finish_and_clear();
+    let got = hex(&Sha256::digest(&bytes));
+    match expected {
+        Some(want) if want != got => {
+            return Err(format!(
+                "checksum mismatch for {url}: expected sha256 {want}, got {got}; nothing was saved"
+            ))
+        }
+        Some(_) => eprintln!("sha256 verified: {got}"),
+        None => eprintln!(
+            "WARNING: no checksum known for {name}; downloaded file has sha256 {got}. \
+             Compare it with the publisher's and pin it with --sha256 next time."
+        ),
+    }
+    std::fs::write(&onnx, &bytes).map_err(|e| format!("cannot write {}: {e}", onnx.display()))?;
+    import(&onnx, &dir.join(format!("{name}.safetensors")))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn load(
+    model: Option<&Path>,
+    precision: Option<Precision>,
+    threads: Option<usize>,
+    conf: f32,
+    iou: f32,
+) -> Result<(PathBuf, Yolo), String> {
+    let path = find_model(model).ok_or_else(|| {
+        format!("no model: pass --model FILE (or EDGEQI_MODEL), or put an imported *.safetensors in {MODELS_DIR}/")
+    })?;
+    let mut options = DetectorOptions {
+        precision: precision.unwrap_or(default_precision()),
+        conf_threshold: conf,
+        iou_threshold: iou,
+        ..DetectorOptions::default()
+    };
+    if let Some(t) = threads {
+        options.threads = t.max(1);
+    }
+    let y = Yolo::load(&path, options).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((path, y))
+}
+
+fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize), String> {
+    let img =
+        image::open(path).map_err(|e| format!("{}: cannot read the image: {e}", path.display()))?;
+    let rgb = img.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    Ok((rgb.into_raw(), w as usize, h as usize))
+}
+
+pub fn detect(args: &DetectArgs, model: Option<&Path>) -> ExitCode {
+    let (_, yolo) = match load(model, args.precision, args.threads, args.conf, args.iou) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let mut failed = false;
+    for image in &args.images {
+        let result = read_rgb(image).and_then(|(rgb, w, h)| {
+            let t0 = Instant::now();
+            let d = yolo
+                .detect_rgb(&rgb, w, h)
+                .map_err(|e| format!("{}: {e}", image.display()))?;
+            Ok((d, t0.elapsed()))
+        });
+        match result {
+            Ok((dets, took)) => {
+                let infer_ms = took.as_secs_f64() * 1e3;
+                if args.json {
+                    let line = serde_json::json!({
+                        "image": image.display().to_string(),
+                        "detections": dets.iter().map(|d| serde_json::json!({
+                            "class_id": d.class_id,
+                            "label": d.label,
+                            "score": d.score,
+                            "bbox": d.bbox,
+                        })).collect::<Vec<_>>(),
+                        "infer_ms": (infer_ms * 1000.0).round() / 1000.0,
+                    });
+                    println!("{line}");
+                } else {
+                    println!(
+                        "{}: {} objects in {infer_ms:.1} ms",
+                        image.display(),
+                        dets.len()
+                    );
+                    for d in &dets {
+                        let b = d.bbox;
+                        println!(
+                            "  {:<14} {:.2}  [{:.0}, {:.0}, {:.0}, {:.0}]",
+                            d.label, d.score, b[0], b[1], b[2], b[3]
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Peak resident set size of this process, from /proc (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn bench(args: &BenchArgs, model: Option<&Path>) -> ExitCode {
+    let BenchWhat::Detector {
+        precision,
+        threads,
+        runs,
+        warmup,
+        layers,
+        image,
+    } = &args.what;
+    let (path, yolo) = match load(model, *precision, Some(*threads), 0.25, 0.45) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let (rgb, w, h) = match read_rgb(image) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    let opts = *yolo.options();
+    println!(
+        "bench detector: {} {} threads={} kernel={} image={} ({w}x{h}) input={}x{}",
+        path.display(),
+        opts.precision,
+        opts.threads,
+        yolo.kernel().name(),
+        image.display(),
+        yolo.input_size().1,
+        yolo.input_size().0
+    );
+    for _ in 0..*warmup {
+        if let Err(e) = yolo.detect_rgb(&rgb, w, h) {
+            return fail(e);
+        }
+    }
+    let mut times = Vec::with_capacity(*runs);
+    for _ in 0..(*runs).max(1) {
+        let t0 = Instant::now();
+        if let Err(e) = yolo.detect_rgb(&rgb, w, h) {
+            return fail(e);
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    if *layers {
+        profile_start();
+        let _ = yolo.detect_rgb(&rgb, w, h);
+        print_layers(&profile_take());
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (median, p90) = (percentile(&sorted, 0.5), percentile(&sorted, 0.9));
+    let rss = peak_rss_mb().unwrap_or(f64::NAN);
+    println!(
+        "{} runs: median {median:.1} ms, p90 {p90:.1} ms, min {:.1} ms, peak RSS {rss:.1} MB",
+        sorted.len(),
+        sorted[0]
+    );
+    let line = serde_json::json!({
+        "precision": opts.precision.to_string(),
+        "threads": opts.threads,
+        "runs": sorted.len(),
+        "median_ms": (median * 1000.0).round() / 1000.0,
+        "p90_ms": (p90 * 1000.0).round() / 1000.0,
+        "peak_rss_mb": (rss * 10.0).round() / 10.0,
+    });
+    println!("{line}");
+    ExitCode::SUCCESS
+}
+
+fn print_layers(layers: &[(String, Duration)]) {
+    let total: Duration = layers.iter().map(|(_, d)| *d).sum();
+    println!(
+        "per-layer timings of one run (total {:.1} ms):",
+        total.as_secs_f64() * 1e3
+    );
+    let mut by_name: Vec<(String, Duration, usize)> = Vec::new();
+    for (name, d) in layers {
+        match by_name.iter_mut().find(|(n, _, _)| n == name) {
+            Some(e) => {
+                e.1 += *d;
+                e.2 += 1;
+            }
+            None => by_name.push((name.clone(), *d, 1)),
+        }
+    }
+    for (name, d, n) in &by_name {
+        let ms = d.as_secs_f64() * 1e3;
+        println!(
+            "  {name:<24} {ms:7.2} ms {:5.1}%{}",
+            100.0 * ms / (total.as_secs_f64() * 1e3),
+            if *n > 1 {
+                format!("  ({n} calls)")
+            } else {
+                String::new()
+            }
+        );
+    }
+}
