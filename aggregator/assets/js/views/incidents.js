@@ -3,7 +3,7 @@
 // comments), and the alert stream. Shown only when the aggregator answers
 // GET /api/v1/incidents.
 
-import { api } from '../api.js';
+import { api, getToken } from '../api.js';
 import { fmtAgo, fmtDateTime, fmtDuration, fmtTime, h, note, rafThrottle } from '../dom.js';
 import { applyIncident, bus, loadIncidents, state } from '../state.js';
 
@@ -25,7 +25,8 @@ const MOVES = [
 ];
 
 const title = (i) => i.title || i.summary || i.kind || `Incident ${i.id}`;
-const due = (i) => i.sla_due_at || i.due_at || (i.sla && i.sla.due_at) || null;
+/** The deadline that matters now: acknowledge while new, resolve after. */
+const due = (i) => (i.status === 'new' ? i.acknowledge_due : i.resolve_due) || i.sla_due_at || i.due_at || null;
 
 function slaTimer(i, now = Date.now()) {
   const d = due(i);
@@ -108,15 +109,18 @@ function mountDetail(main, ctx, id) {
       h('p', {}, h('span', { class: 'badge', 'data-status': i.status }, TITLE[i.status] || i.status), ' ', slaTimer(i),
         ' ', h('span', { class: 'muted' }, `opened ${fmtDateTime(i.created_at || i.opened_at)}`)),
       h('div', { class: 'actions' }, actions(i, ctx, feedback)));
-    const photos = [...(i.photos || []), ...(i.reports || []).flatMap((r) => r.photos || (r.photo_url ? [r.photo_url] : []))];
+    // An <img> cannot send the bearer header; the API takes ?access_token= as well.
+    const tokenQ = getToken() ? `?access_token=${encodeURIComponent(getToken())}` : '';
+    const photos = [...(i.photos || []), ...(i.reports || []).map((r) => r.photo_url || `/api/v1/reports/${encodeURIComponent(r.id)}/photo${tokenQ}`)];
     const comments = i.comments || [];
     const commentBox = h('textarea', { id: 'comment', name: 'comment', rows: 3, required: true });
     const assignee = h('input', { id: 'assignee', name: 'assignee', value: i.assignee || '' });
     body.replaceChildren(...[
       i.description ? h('section', { class: 'panel' }, h('h2', {}, 'Description'), h('p', {}, i.description)) : null,
       h('section', { class: 'panel' }, h('h2', {}, 'Reports'), (i.reports || []).length
-        ? h('ul', {}, i.reports.map((r) => h('li', {}, h('strong', {}, r.reporter || r.source || 'report'), ' ',
-          h('span', { class: 'muted' }, fmtDateTime(r.created_at || r.ts)), h('p', {}, r.text || r.description || ''))))
+        ? h('ul', {}, i.reports.map((r) => h('li', {}, h('strong', {}, r.reporter || r.category || 'report'), ' ',
+          h('span', { class: 'muted' }, `${fmtDateTime(r.created_at || r.ts)}${r.severity ? ` · ${r.severity}` : ''}`),
+          h('p', {}, r.notes || r.text || r.description || ''))))
         : note('No reports attached.')),
       photos.length ? h('section', { class: 'panel' }, h('h2', {}, 'Photos'),
         h('div', { class: 'photos' }, photos.map((p, n) => h('a', { href: p.url || p, target: '_blank', rel: 'noopener' },
