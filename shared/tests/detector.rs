@@ -167,6 +167,29 @@ fn int8_matches_the_int8_reference() {
 }
 
 #[test]
+fn the_fp32_export_imports_and_matches_its_reference() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("fp32.safetensors");
+    let s = import_onnx(&shared("models/yolov8n_fp32.onnx"), &out, &mut |_, _| {})
+        .expect("import fp32");
+    assert!(!s.quantized_source);
+    let opts = DetectorOptions {
+        precision: Precision::F32,
+        threads: 2,
+        ..DetectorOptions::default()
+    };
+    let y = Yolo::load(&out, opts).expect("load");
+    let ours = detect(&y, "bus.jpg");
+    assert_matches(
+        &reference("yolov8n_fp32.onnx", "bus.jpg"),
+        &ours,
+        0.9,
+        0.05,
+        "fp32 import, bus.jpg",
+    );
+}
+
+#[test]
 fn labels_and_input_size_come_from_the_model_file() {
     let y = yolo(Precision::F32);
     assert_eq!(y.labels().len(), 80);

@@ -8,7 +8,7 @@
 //! they are (their per-tensor zero point and scale repeated per channel)
 //! and dequantized for the f32 path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use safetensors::tensor::TensorView;
@@ -93,15 +93,24 @@ fn convert(
         }
     }
     let inits = &model.initializers;
-    let prefixes: Vec<String> = inits
-        .keys()
-        .filter(|k| k.starts_with("model."))
-        .filter_map(|k| {
-            k.strip_suffix(".weight_quantized")
-                .or_else(|| k.strip_suffix(".weight"))
-        })
-        .map(str::to_owned)
-        .collect::<std::collections::BTreeSet<_>>()
+    // Conv weights: `P.weight_quantized` (int8 export) or a 4-D float
+    // `P.weight` / `P.weight_<suffix>` (fp32 exports, e.g. `weight_fp32`).
+    let mut float_weights: HashMap<String, String> = HashMap::new();
+    let mut prefixes = std::collections::BTreeSet::new();
+    for (k, t) in inits.iter().filter(|(k, _)| k.starts_with("model.")) {
+        if let Some(p) = k.strip_suffix(".weight_quantized") {
+            prefixes.insert(p.to_owned());
+        } else if let Some(idx) = k.rfind(".weight") {
+            let suffix = &k[idx + ".weight".len()..];
+            let plain = suffix.is_empty()
+                || (suffix.starts_with('_') && !matches!(suffix, "_scale" | "_zero_point"));
+            if plain && t.dims.len() == 4 && t.data_type == super::onnx::DataType::Float {
+                float_weights.insert(k[..idx].to_owned(), k.clone());
+                prefixes.insert(k[..idx].to_owned());
+            }
+        }
+    }
+    let prefixes: Vec<String> = prefixes
         .into_iter()
         .filter(|p| !p.ends_with(".dfl.conv"))
         .collect();
@@ -118,7 +127,7 @@ fn convert(
             quantized = true;
             from_quantized(inits, p, wq)
         } else {
-            from_float(inits, p)
+            from_float(inits, p, float_weights.get(p).map_or("", String::as_str))
         }
         .map_err(|e| not_yolo(input, e))?;
         convs.insert(p.clone(), t);
@@ -203,10 +212,11 @@ fn check_dims(p: &str, dims: &[usize]) -> Result<usize, String> {
 }
 
 fn from_float(
-    inits: &std::collections::HashMap<String, OnnxTensor>,
+    inits: &HashMap<String, OnnxTensor>,
     p: &str,
+    weight_name: &str,
 ) -> Result<ConvTensors, String> {
-    let w = get(inits, &format!("{p}.weight"))?;
+    let w = get(inits, weight_name)?;
     let cout = check_dims(p, &w.dims)?;
     let weight = w.to_f32().map_err(|e| e.to_string())?;
     let bias = bias_for(inits, p, cout)?;
