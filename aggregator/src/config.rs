@@ -76,6 +76,8 @@ pub struct AggregatorConfig {
     pub accounts_database_url: String,
     /// Lifetime of a session token from `POST /api/v1/auth/login`.
     pub token_ttl: Duration,
+    /// YOLO model (imported safetensors) that classifies citizen report photos.
+    pub model: Option<std::path::PathBuf>,
     /// PostgreSQL pool (ignored by SQLite).
     pub database: crate::store::postgres::PgSettings,
     pub retention: crate::store::RetentionPolicy,
@@ -117,6 +119,7 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub log_format: Option<String>,
     pub admin_token: Option<String>,
+    pub model: Option<String>,
 }
 
 /// A flag (or its environment variable) wins over the file's value.
@@ -260,6 +263,12 @@ impl AggregatorConfig {
         if !accounts_database_url.starts_with("sqlite://") {
             doc.problem("auth.accounts_database_url", "must be sqlite://PATH");
         }
+        let model = prefer(&o.model, doc.get::<String>("model")).filter(|m| !m.is_empty()).map(std::path::PathBuf::from);
+        if let Some(m) = &model {
+            if !m.is_file() {
+                doc.problem("model", format!("{} does not exist (import one with `edgeqi-agent model import FILE.onnx --out FILE`)", m.display()));
+            }
+        }
         let token_ttl = doc
             .get_checked::<HumanDuration>("auth.token_ttl", |d| {
                 if d.0 >= Duration::from_secs(60) { Ok(()) } else { Err("must be at least 1m".into()) }
@@ -290,6 +299,7 @@ impl AggregatorConfig {
             admin_token: o.admin_token.clone().filter(|t| !t.is_empty()),
             accounts_database_url,
             token_ttl,
+            model,
             log_format,
             database,
             retention,

@@ -32,6 +32,9 @@ struct Cli {
     /// sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB [key database_url, default sqlite://./data/edgeqi.db].
     #[arg(long, env = "EDGEQI_DATABASE_URL")]
     database_url: Option<String>,
+    /// YOLO model classifying citizen report photos [key model]; none: reports get category "other".
+    #[arg(long, env = "EDGEQI_MODEL")]
+    model: Option<String>,
     /// Log format: text or json [key log_format].
     #[arg(long, env = "EDGEQI_LOG_FORMAT")]
     log_format: Option<String>,
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
         database_url: cli.database_url,
         log_format: cli.log_format,
         admin_token: std::env::var("EDGEQI_ADMIN_TOKEN").ok(),
+        model: cli.model,
     };
     let config = match AggregatorConfig::load(&overrides) {
         Ok(c) => c,
@@ -97,9 +101,23 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let accounts = accounts::open(&config.accounts_database_url)?;
     api::auth::bootstrap_admin(&accounts, config.admin_token.is_some()).await?;
     let jwt_secret = accounts.secret("jwt-hs256").await?;
+    let analyzer: Option<Arc<dyn incidents::PhotoAnalyzer>> = match &config.model {
+        Some(path) => {
+            let path = path.clone();
+            let a = tokio::task::spawn_blocking(move || incidents::yolo::YoloAnalyzer::load(&path))
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(model = a.name(), "citizen reports are classified by YOLO");
+            Some(Arc::new(a))
+        }
+        None => {
+            tracing::warn!("no --model: citizen reports are not classified (category \"other\")");
+            None
+        }
+    };
     let incidents = Arc::new(incidents::Incidents::new(
         incidents::open(&config.accounts_database_url)?,
-        None,
+        analyzer,
     ));
     let auth = Arc::new(api::auth::AuthKeys::new(
         &jwt_secret,

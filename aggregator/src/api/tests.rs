@@ -559,3 +559,30 @@ async fn malformed_reports_are_refused_with_error_objects() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(get(s, "/api/v1/analytics/incidents", None).await.1["total"], 0, "nothing was created");
 }
+
+#[tokio::test]
+async fn a_bus_photo_is_classified_by_yolo_into_a_vehicle_incident() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let onnx = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models/yolov8n_int8.onnx");
+    let model = dir.path().join("yolov8n.safetensors");
+    edgeqi_shared::detector::import::import_onnx(std::path::Path::new(onnx), &model, &mut |_, _| {})
+        .expect("import ../shared/models/yolov8n_int8.onnx");
+    let analyzer = crate::incidents::yolo::YoloAnalyzer::load(&model).expect("load model");
+    let mut f = fixture();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    f.state.incidents = Arc::new(crate::incidents::Incidents::new(
+        crate::incidents::open(&url).expect("incidents"),
+        Some(Arc::new(analyzer)),
+    ));
+    let photo = test_photo();
+    let (status, rep) = post_report(&f.state, &[("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.52"), ("lng", None, b"13.40")]).await;
+    assert_eq!(status, StatusCode::CREATED, "{rep}");
+    let labels: Vec<&str> = rep["detections"].as_array().expect("detections").iter().filter_map(|d| d["label"].as_str()).collect();
+    assert!(labels.contains(&"bus"), "{labels:?}");
+    assert!(labels.contains(&"person"), "{labels:?}");
+    assert_eq!(rep["category"], "vehicle", "the bus is the main subject");
+    assert_eq!(rep["severity"], "high", "the bus fills most of the photo");
+    let (_, inc) = get(&f.state, &format!("/api/v1/incidents/{}", rep["incident_id"]), None).await;
+    assert_eq!(inc["category"], "vehicle");
+    assert_eq!(inc["title"], "vehicle: bus reported");
+}

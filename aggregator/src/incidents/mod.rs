@@ -440,6 +440,7 @@ mod tests {
 }
 
 pub mod service;
+pub mod yolo;
 pub use service::{Incidents, PhotoAnalyzer, PhotoObject};
 
 /// Opens the incident store for a `sqlite://PATH` URL.

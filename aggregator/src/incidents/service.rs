@@ -48,12 +48,15 @@ impl Default for CategoryMap {
 }
 
 impl CategoryMap {
-    /// The category of the report: that of its most confident mapped object.
+    /// The category of the report: that of its main subject, the mapped
+    /// object with the largest score-weighted area (a photo of a bus with
+    /// passers-by is about the bus).
     pub fn classify<'a>(&self, objects: &'a [PhotoObject]) -> (String, Option<&'a PhotoObject>) {
+        let weight = |o: &PhotoObject| o.score * (o.bbox[2] - o.bbox[0]).max(0.0) * (o.bbox[3] - o.bbox[1]).max(0.0);
         let best = objects
             .iter()
             .filter(|o| self.by_label.contains_key(&o.label))
-            .max_by(|a, b| a.score.total_cmp(&b.score));
+            .max_by(|a, b| weight(a).total_cmp(&weight(b)));
         match best {
             Some(o) => (self.by_label[&o.label].clone(), Some(o)),
             None => ("other".to_owned(), None),
