@@ -136,6 +136,7 @@ impl Tracker {
     }
 
     /// Live tracks, confirmed or not.
+    #[cfg(test)]
     pub fn tracks(&self) -> &[Track] {
         &self.tracks
     }

@@ -205,6 +205,7 @@ impl ZoneLines {
     }
 
     /// Crossings of `line` by `label` in `direction` so far.
+    #[cfg(test)]
     pub fn count(&self, line: &str, label: &str, direction: &str) -> u64 {
         self.counts
             .iter()
