@@ -29,6 +29,8 @@ pub struct IngestSettings {
     pub max_packet_size: usize,
     /// Group commit: the most detections stored in one transaction.
     pub group_max_detections: usize,
+    /// Where tracker events and snapshots go (`None`: they are dead-lettered).
+    pub events: Option<crate::events::EventStore>,
 }
 
 /// Shared with the HTTP layer: is ingest connected to the broker?
@@ -83,6 +85,7 @@ pub async fn run(
         max_payload: settings.max_packet_size,
         group_max_detections: settings.group_max_detections.max(1),
         health: health.clone(),
+        events: settings.events.clone(),
     };
     let processor = tokio::spawn(worker.run(rx));
     let _ = shutdown.wait_for(|s| *s).await;
@@ -143,6 +146,7 @@ struct Worker {
     max_payload: usize,
     group_max_detections: usize,
     health: Arc<IngestHealth>,
+    events: Option<crate::events::EventStore>,
 }
 
 /// The most publishes taken from the queue for one group commit.
@@ -153,6 +157,8 @@ enum Item {
     Batch(DetectionBatch),
     Heartbeat(Heartbeat),
     Status(NodeStatus),
+    Events(edgeqi_shared::protocol::EventBatch),
+    Snapshot(Box<edgeqi_shared::protocol::Snapshot>),
     Reject {
         node_id: Option<String>,
         reason: RejectReason,
@@ -246,6 +252,31 @@ impl Worker {
                     })
                     .await;
                 }
+                Item::Events(batch) => {
+                    if let Some(events) = &self.events {
+                        let n = batch.events.len() as u64;
+                        self.retry("track events", || events.record_events(batch.clone())).await;
+                        metrics::counter!("edgeqi_ingest_track_events_total").increment(n);
+                        if let Ok(v) = serde_json::to_value(&batch) {
+                            self.live.send(LiveEvent::TrackEvents(v));
+                        }
+                    }
+                }
+                Item::Snapshot(snap) => {
+                    if let Some(events) = &self.events {
+                        let (node_id, track) = (snap.node_id.clone(), snap.track_key.clone());
+                        if let Err(why) = events.record_snapshot(*snap).await {
+                            let reason = RejectReason::InvalidField(why);
+                            tracing::warn!(%node_id, %track, detail = %reason, "snapshot rejected");
+                            metrics::counter!("edgeqi_ingest_rejected_total", "reason" => reason.code()).increment(1);
+                            let detail = reason.to_string();
+                            self.retry("dead letter", || {
+                                self.store.dead_letter(&p.topic, Some(&node_id), reason.code(), &detail, &p.payload)
+                            })
+                            .await;
+                        }
+                    }
+                }
                 Item::Ignore => {}
             }
         }
@@ -281,6 +312,9 @@ impl Worker {
     }
 
     fn classify(&self, p: &Publish) -> Item {
+        if let Some((node_id, kind)) = edgeqi_shared::topic::AnalyticsKind::parse_topic(&p.topic) {
+            return self.classify_analytics(p, node_id, kind);
+        }
         let Some((node_id, kind)) = Topic::parse_lenient(&p.topic) else {
             // Outside our tree (the # filter only matches our prefix, so this
             // is a kind we do not know): keep it for inspection.
@@ -320,6 +354,26 @@ impl Worker {
                 Err(r) => reject(r),
             },
             TopicKind::Ack | TopicKind::Config => Item::Ignore,
+        }
+    }
+
+    /// Tracker events and snapshots (best effort, outside the ledger).
+    fn classify_analytics(&self, p: &Publish, node_id: String, kind: edgeqi_shared::topic::AnalyticsKind) -> Item {
+        use edgeqi_shared::protocol::{EventBatch, Snapshot};
+        use edgeqi_shared::topic::AnalyticsKind;
+        let reject = |reason| Item::Reject { node_id: Some(node_id.clone()), reason };
+        if self.events.is_none() {
+            return reject(RejectReason::BadTopic(p.topic.clone()));
+        }
+        match kind {
+            AnalyticsKind::Events => match decode::<EventBatch>(&node_id, &p.payload, self.max_payload) {
+                Ok(b) => Item::Events(b),
+                Err(r) => reject(r),
+            },
+            AnalyticsKind::Snapshots => match decode::<Snapshot>(&node_id, &p.payload, self.max_payload) {
+                Ok(s) => Item::Snapshot(Box::new(s)),
+                Err(r) => reject(r),
+            },
         }
     }
 

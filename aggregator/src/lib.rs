@@ -3,6 +3,7 @@
 //! - [`broker`]: the embedded rumqttd MQTT broker
 //! - [`ingest`]: MQTT client that validates, stores and acknowledges
 //! - [`store`]: the `Store` trait and its SQLite backend (ledger, detections, registry, dead letters)
+//! - [`events`]: tracker events, line counts and snapshots from agents
 //! - [`incidents`]: incidents, SLAs, citizen reports, area scores
 //! - [`live`]: the broadcast bus behind the WebSocket feed
 //! - [`accounts`]: users, roles, tenants, API keys, audit log
@@ -13,6 +14,7 @@ pub mod accounts;
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod events;
 pub mod incidents;
 pub mod ingest;
 pub mod live;

@@ -16,6 +16,8 @@ pub enum LiveEvent {
     NodeStatus(NodeStatusEvent),
     /// An incident was created, joined by a report, or changed.
     Incident(serde_json::Value),
+    /// A node's tracker events and line counts (an `EventBatch`).
+    TrackEvents(serde_json::Value),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -34,6 +36,7 @@ impl LiveEvent {
             LiveEvent::Heartbeat(_) => "heartbeat",
             LiveEvent::NodeStatus(_) => "node_status",
             LiveEvent::Incident(_) => "incident",
+            LiveEvent::TrackEvents(_) => "track_events",
         }
     }
 
@@ -43,6 +46,7 @@ impl LiveEvent {
             LiveEvent::Heartbeat(h) => h.get("node_id").and_then(|v| v.as_str()),
             LiveEvent::NodeStatus(s) => Some(&s.node_id),
             LiveEvent::Incident(_) => None,
+            LiveEvent::TrackEvents(v) => v.get("node_id").and_then(|n| n.as_str()),
         }
     }
 }

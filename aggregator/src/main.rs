@@ -107,7 +107,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
             let a = tokio::task::spawn_blocking(move || incidents::yolo::YoloAnalyzer::load(&path))
                 .await?
                 .map_err(anyhow::Error::msg)?;
-            tracing::info!(model = a.name(), "citizen reports are classified by YOLO");
+            tracing::info!(model = incidents::PhotoAnalyzer::name(&a), "citizen reports are classified by YOLO");
             Some(Arc::new(a))
         }
         None => {
@@ -151,6 +151,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let live = live::LiveBus::new(config.live_buffer);
     let health = Arc::new(ingest::IngestHealth::default());
+    let events = edgeqi_aggregator::events::EventStore::open(&config.accounts_database_url)?;
     let settings = ingest::IngestSettings {
         endpoint: endpoint.clone(),
         client_id: config.mqtt_client_id.clone(),
@@ -159,6 +160,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         keep_alive: config.mqtt_keep_alive,
         max_packet_size: config.max_packet_size,
         group_max_detections: config.ingest_group_max_detections,
+        events: Some(events.clone()),
     };
     let ingest_task = tokio::spawn(ingest::run(
         settings,
@@ -188,6 +190,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         accounts,
         auth,
         incidents,
+        events: events.clone(),
         metrics: Some(metrics),
     });
     tracing::info!(http = %http_addr, mqtt = %endpoint, bootstrap_token = config.admin_token.is_some(), "aggregator ready");

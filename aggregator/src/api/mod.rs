@@ -22,6 +22,7 @@ use crate::store::{DetectionQuery, Store};
 
 pub mod admin;
 pub mod auth;
+pub mod events;
 pub mod incidents;
 mod dashboard;
 mod error;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub accounts: Arc<dyn AccountStore>,
     pub auth: Arc<auth::AuthKeys>,
     pub incidents: Arc<crate::incidents::Incidents>,
+    pub events: crate::events::EventStore,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
@@ -91,6 +93,9 @@ pub fn router(state: AppState) -> Router {
         .route("/stats/timeseries", get(timeseries))
         .route("/dead-letters", get(dead_letters))
         .route("/ws", get(ws::upgrade))
+        .route("/events", get(events::list))
+        .route("/events/{id}/snapshot", get(events::snapshot))
+        .route("/stats/lines", get(events::lines))
         .route("/incidents", get(incidents::list))
         .route("/incidents/{id}", get(incidents::get).patch(incidents::patch))
         .route(
@@ -114,7 +119,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The nodes a caller may see: `None` for everything (global callers).
-async fn visible_nodes(state: &AppState, who: &Principal) -> Result<Option<Vec<String>>, ApiError> {
+pub(crate) async fn visible_nodes(state: &AppState, who: &Principal) -> Result<Option<Vec<String>>, ApiError> {
     match who.scope() {
         None => Ok(None),
         Some(t) => Ok(Some(state.accounts.tenant_nodes(t).await?)),

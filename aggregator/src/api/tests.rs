@@ -42,6 +42,7 @@ fn fixture() -> Fixture {
                 crate::incidents::open(&url).expect("incidents"),
                 None,
             )),
+            events: crate::events::EventStore::open(&url).expect("events"),
             metrics: None,
         },
     }
@@ -585,4 +586,87 @@ async fn a_bus_photo_is_classified_by_yolo_into_a_vehicle_incident() {
     let (_, inc) = get(&f.state, &format!("/api/v1/incidents/{}", rep["incident_id"]), None).await;
     assert_eq!(inc["category"], "vehicle");
     assert_eq!(inc["title"], "vehicle: bus reported");
+}
+
+#[tokio::test]
+async fn track_events_line_counts_and_snapshots_are_served() {
+    use base64::Engine;
+    use edgeqi_shared::protocol::{EventBatch, LineCount, Snapshot, TrackEvent};
+    let f = fixture();
+    let s = &f.state;
+    let now = Utc::now();
+    let event = |id: &str, kind: &str| TrackEvent {
+        id: id.into(),
+        ts: now,
+        camera_id: "north".into(),
+        track_id: 7,
+        track_key: "run1-north-7".into(),
+        kind: kind.into(),
+        class_id: Some(5),
+        label: "bus".into(),
+        score: 0.8,
+        bbox: [1.0, 2.0, 3.0, 4.0],
+        zone: None,
+        line: (kind == "line_crossed").then(|| "stop-line".to_owned()),
+        direction: (kind == "line_crossed").then(|| "in".to_owned()),
+        dwell_s: None,
+    };
+    let batch = EventBatch {
+        v: 1,
+        node_id: "gate-01".into(),
+        sent_at: now,
+        events: vec![event("e1", "appeared"), event("e2", "line_crossed"), event("e3", "left")],
+        line_counts: vec![LineCount {
+            camera_id: "north".into(),
+            line: "stop-line".into(),
+            label: "bus".into(),
+            direction: "in".into(),
+            count: 3,
+            since: now,
+        }],
+    };
+    s.events.record_events(batch.clone()).await.expect("events");
+    s.events.record_events(batch).await.expect("a resend is harmless");
+    let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 1, 2, 3, 0xFF, 0xD9];
+    let snap = Snapshot {
+        v: 1,
+        node_id: "gate-01".into(),
+        camera_id: "north".into(),
+        track_id: 7,
+        track_key: "run1-north-7".into(),
+        event_id: "e3".into(),
+        ts: now,
+        class_id: Some(5),
+        label: "bus".into(),
+        score: 0.8,
+        bbox: [1.0, 2.0, 3.0, 4.0],
+        content_type: "image/jpeg".into(),
+        jpeg_b64: base64::engine::general_purpose::STANDARD.encode(jpeg),
+        frame_jpeg_b64: None,
+    };
+    s.events.record_snapshot(snap.clone()).await.expect("snapshot");
+    let mut bad = snap;
+    bad.jpeg_b64 = "not base64!".into();
+    assert!(s.events.record_snapshot(bad).await.is_err());
+
+    let (status, body) = get(s, "/api/v1/events?node_id=gate-01", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(body["items"][0]["has_snapshot"], true);
+    let (_, body) = get(s, "/api/v1/events?kind=line_crossed", None).await;
+    assert_eq!(body["items"][0]["direction"], "in");
+    let (_, lines) = get(s, "/api/v1/stats/lines", None).await;
+    assert_eq!(lines["items"][0]["count"], 3);
+    // Every event of the track shows the track's snapshot.
+    for id in ["e1", "e3"] {
+        let req = Request::get(format!("/api/v1/events/{id}/snapshot"))
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .body(Body::empty())
+            .expect("req");
+        let resp = router(s.clone()).oneshot(req).await.expect("resp");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "image/jpeg");
+        assert_eq!(&resp.into_body().collect().await.expect("body").to_bytes()[..], &jpeg[..]);
+    }
+    assert_eq!(get(s, "/api/v1/events/nope/snapshot", None).await.0, StatusCode::NOT_FOUND);
 }
