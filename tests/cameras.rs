@@ -56,10 +56,7 @@ fn detector(feed: &LiveFeed) -> String {
 fn rtsp_camera_is_tracked_reported_down_and_recovers_on_its_own() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let agg = Aggregator::start(dir.path())?;
-    let feed = LiveFeed::connect(&format!(
-        "ws://127.0.0.1:{}/api/v1/ws?types=detection,heartbeat",
-        agg.http_port
-    ))?;
+    let feed = LiveFeed::connect(&agg.ws_url("types=detection,heartbeat"))?;
     let port = free_port();
     let mut server = start_rtsp_server(dir.path(), port, 1)?;
     let cfg = dir.path().join("agent.toml");
@@ -146,10 +143,7 @@ stall_timeout = "3s"
 fn broken_sources_are_reported_and_the_agent_stays_up() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let agg = Aggregator::start(dir.path())?;
-    let feed = LiveFeed::connect(&format!(
-        "ws://127.0.0.1:{}/api/v1/ws?types=heartbeat",
-        agg.http_port
-    ))?;
+    let feed = LiveFeed::connect(&agg.ws_url("types=heartbeat"))?;
     let corrupt = dir.path().join("corrupt.mp4");
     std::fs::write(&corrupt, b"this is not a video, just bytes that end in .mp4\n".repeat(100))?;
     let truncated = dir.path().join("truncated.mp4");
