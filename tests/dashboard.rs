@@ -31,7 +31,8 @@ fn browser_ready() -> Result<()> {
         ),
         (std::path::Path::new(&chromium).exists(), chromium),
         (
-            root.join("tests/browser/node_modules/playwright-core").exists(),
+            root.join("tests/browser/node_modules/playwright-core")
+                .exists(),
             "tests/browser/node_modules (npm ci)".to_owned(),
         ),
     ]
@@ -143,7 +144,9 @@ fn dashboard_in_headless_chromium() -> Result<()> {
                 std::thread::sleep(Duration::from_millis(200));
             }
             eprintln!("browser test ran past {BROWSER_TIMEOUT:?}: killing it");
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         })
     };
 
@@ -166,7 +169,10 @@ fn dashboard_in_headless_chromium() -> Result<()> {
         "the browser checks failed ({status}); aggregator log:\n{}",
         tail(&agg.proc.log_text(), 40)
     );
-    ensure!(restarts == 1, "the script asked for {restarts} restarts, not 1");
+    ensure!(
+        restarts == 1,
+        "the script asked for {restarts} restarts, not 1"
+    );
     Ok(())
 }
 

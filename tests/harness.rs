@@ -243,7 +243,10 @@ impl Aggregator {
 
     /// The live feed URL with the admin token and extra query parameters.
     pub fn ws_url(&self, query: &str) -> String {
-        format!("ws://127.0.0.1:{}/api/v1/ws?access_token={ADMIN_TOKEN}&{query}", self.http_port)
+        format!(
+            "ws://127.0.0.1:{}/api/v1/ws?access_token={ADMIN_TOKEN}&{query}",
+            self.http_port
+        )
     }
 
     /// (Re)starts the process on the same ports and database and waits until ready.

@@ -143,7 +143,10 @@ fn hand_written_batches_duplicates_and_malformed_payloads() -> Result<()> {
     check_counts(&agg)?;
     // The API is closed without a token, open with the bootstrap one.
     let (status, body) = edgeqi_e2e::http_get(&agg.api("/api/v1/detections"), None)?;
-    ensure!(status == 401 && body["error"]["code"] == "unauthorized", "{status} {body}");
+    ensure!(
+        status == 401 && body["error"]["code"] == "unauthorized",
+        "{status} {body}"
+    );
     let metrics = ureq::get(&agg.api("/metrics"))
         .call()?
         .body_mut()

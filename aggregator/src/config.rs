@@ -104,7 +104,10 @@ impl std::fmt::Debug for AggregatorConfig {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("database", &self.database)
             .field("retention", &self.retention)
-            .field("ingest_group_max_detections", &self.ingest_group_max_detections)
+            .field(
+                "ingest_group_max_detections",
+                &self.ingest_group_max_detections,
+            )
             .finish()
     }
 }
@@ -252,18 +255,22 @@ impl AggregatorConfig {
         let node_sweep_interval = doc
             .get::<HumanDuration>("nodes.sweep_interval")
             .map_or(default_node_sweep(), |d| d.0);
-        let accounts_database_url = doc.get::<String>("auth.accounts_database_url").unwrap_or_else(|| {
-            // Same file as the detections on SQLite; beside it otherwise.
-            if database_url.starts_with("sqlite://") {
-                database_url.clone()
-            } else {
-                "sqlite://./data/accounts.db".into()
-            }
-        });
+        let accounts_database_url = doc
+            .get::<String>("auth.accounts_database_url")
+            .unwrap_or_else(|| {
+                // Same file as the detections on SQLite; beside it otherwise.
+                if database_url.starts_with("sqlite://") {
+                    database_url.clone()
+                } else {
+                    "sqlite://./data/accounts.db".into()
+                }
+            });
         if !accounts_database_url.starts_with("sqlite://") {
             doc.problem("auth.accounts_database_url", "must be sqlite://PATH");
         }
-        let model = prefer(&o.model, doc.get::<String>("model")).filter(|m| !m.is_empty()).map(std::path::PathBuf::from);
+        let model = prefer(&o.model, doc.get::<String>("model"))
+            .filter(|m| !m.is_empty())
+            .map(std::path::PathBuf::from);
         if let Some(m) = &model {
             if !m.is_file() {
                 doc.problem("model", format!("{} does not exist (import one with `edgeqi-agent model import FILE.onnx --out FILE`)", m.display()));
@@ -271,7 +278,11 @@ impl AggregatorConfig {
         }
         let token_ttl = doc
             .get_checked::<HumanDuration>("auth.token_ttl", |d| {
-                if d.0 >= Duration::from_secs(60) { Ok(()) } else { Err("must be at least 1m".into()) }
+                if d.0 >= Duration::from_secs(60) {
+                    Ok(())
+                } else {
+                    Err("must be at least 1m".into())
+                }
             })
             .map_or(Duration::from_secs(12 * 3600), |d| d.0);
         let log_format =

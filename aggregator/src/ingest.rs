@@ -255,7 +255,8 @@ impl Worker {
                 Item::Events(batch) => {
                     if let Some(events) = &self.events {
                         let n = batch.events.len() as u64;
-                        self.retry("track events", || events.record_events(batch.clone())).await;
+                        self.retry("track events", || events.record_events(batch.clone()))
+                            .await;
                         metrics::counter!("edgeqi_ingest_track_events_total").increment(n);
                         if let Ok(v) = serde_json::to_value(&batch) {
                             self.live.send(LiveEvent::TrackEvents(v));
@@ -271,7 +272,13 @@ impl Worker {
                             metrics::counter!("edgeqi_ingest_rejected_total", "reason" => reason.code()).increment(1);
                             let detail = reason.to_string();
                             self.retry("dead letter", || {
-                                self.store.dead_letter(&p.topic, Some(&node_id), reason.code(), &detail, &p.payload)
+                                self.store.dead_letter(
+                                    &p.topic,
+                                    Some(&node_id),
+                                    reason.code(),
+                                    &detail,
+                                    &p.payload,
+                                )
                             })
                             .await;
                         }
@@ -298,7 +305,10 @@ impl Worker {
         while start < batches.len() {
             let mut end = start;
             let mut rows = 0;
-            while end < batches.len() && (end == start || rows + batches[end].detections.len() <= self.group_max_detections) {
+            while end < batches.len()
+                && (end == start
+                    || rows + batches[end].detections.len() <= self.group_max_detections)
+            {
                 rows += batches[end].detections.len();
                 end += 1;
             }
@@ -339,17 +349,22 @@ impl Worker {
             reason,
         };
         match kind {
-            TopicKind::Detections => match decode::<DetectionBatch>(&node_id, &p.payload, self.max_payload) {
-                Ok(b) => Item::Batch(b),
-                Err(r) => reject(r),
-            },
-            TopicKind::Heartbeat => match decode::<Heartbeat>(&node_id, &p.payload, self.max_payload) {
-                Ok(hb) => Item::Heartbeat(hb),
-                Err(r) => reject(r),
-            },
+            TopicKind::Detections => {
+                match decode::<DetectionBatch>(&node_id, &p.payload, self.max_payload) {
+                    Ok(b) => Item::Batch(b),
+                    Err(r) => reject(r),
+                }
+            }
+            TopicKind::Heartbeat => {
+                match decode::<Heartbeat>(&node_id, &p.payload, self.max_payload) {
+                    Ok(hb) => Item::Heartbeat(hb),
+                    Err(r) => reject(r),
+                }
+            }
             // An empty retained payload clears the retained status: not an error.
             TopicKind::Status if p.payload.is_empty() => Item::Ignore,
-            TopicKind::Status => match decode::<NodeStatus>(&node_id, &p.payload, self.max_payload) {
+            TopicKind::Status => match decode::<NodeStatus>(&node_id, &p.payload, self.max_payload)
+            {
                 Ok(st) => Item::Status(st),
                 Err(r) => reject(r),
             },
@@ -358,22 +373,34 @@ impl Worker {
     }
 
     /// Tracker events and snapshots (best effort, outside the ledger).
-    fn classify_analytics(&self, p: &Publish, node_id: String, kind: edgeqi_shared::topic::AnalyticsKind) -> Item {
+    fn classify_analytics(
+        &self,
+        p: &Publish,
+        node_id: String,
+        kind: edgeqi_shared::topic::AnalyticsKind,
+    ) -> Item {
         use edgeqi_shared::protocol::{EventBatch, Snapshot};
         use edgeqi_shared::topic::AnalyticsKind;
-        let reject = |reason| Item::Reject { node_id: Some(node_id.clone()), reason };
+        let reject = |reason| Item::Reject {
+            node_id: Some(node_id.clone()),
+            reason,
+        };
         if self.events.is_none() {
             return reject(RejectReason::BadTopic(p.topic.clone()));
         }
         match kind {
-            AnalyticsKind::Events => match decode::<EventBatch>(&node_id, &p.payload, self.max_payload) {
-                Ok(b) => Item::Events(b),
-                Err(r) => reject(r),
-            },
-            AnalyticsKind::Snapshots => match decode::<Snapshot>(&node_id, &p.payload, self.max_payload) {
-                Ok(s) => Item::Snapshot(Box::new(s)),
-                Err(r) => reject(r),
-            },
+            AnalyticsKind::Events => {
+                match decode::<EventBatch>(&node_id, &p.payload, self.max_payload) {
+                    Ok(b) => Item::Events(b),
+                    Err(r) => reject(r),
+                }
+            }
+            AnalyticsKind::Snapshots => {
+                match decode::<Snapshot>(&node_id, &p.payload, self.max_payload) {
+                    Ok(s) => Item::Snapshot(Box::new(s)),
+                    Err(r) => reject(r),
+                }
+            }
         }
     }
 

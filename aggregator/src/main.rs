@@ -107,7 +107,10 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
             let a = tokio::task::spawn_blocking(move || incidents::yolo::YoloAnalyzer::load(&path))
                 .await?
                 .map_err(anyhow::Error::msg)?;
-            tracing::info!(model = incidents::PhotoAnalyzer::name(&a), "citizen reports are classified by YOLO");
+            tracing::info!(
+                model = incidents::PhotoAnalyzer::name(&a),
+                "citizen reports are classified by YOLO"
+            );
             Some(Arc::new(a))
         }
         None => {

@@ -539,16 +539,31 @@ impl AgentConfig {
         let g = &self.motion_gate;
         let mut gate = toml::Table::new();
         gate.insert("enabled".into(), Value::Boolean(g.enabled));
-        gate.insert("analysis_width".into(), Value::Integer(i64::from(g.analysis_width)));
-        gate.insert("pixel_threshold".into(), Value::Integer(i64::from(g.pixel_threshold)));
-        gate.insert("min_changed_fraction".into(), Value::Float(f64::from(g.min_changed_fraction)));
-        gate.insert("background_rate".into(), Value::Float(f64::from(g.background_rate)));
+        gate.insert(
+            "analysis_width".into(),
+            Value::Integer(i64::from(g.analysis_width)),
+        );
+        gate.insert(
+            "pixel_threshold".into(),
+            Value::Integer(i64::from(g.pixel_threshold)),
+        );
+        gate.insert(
+            "min_changed_fraction".into(),
+            Value::Float(f64::from(g.min_changed_fraction)),
+        );
+        gate.insert(
+            "background_rate".into(),
+            Value::Float(f64::from(g.background_rate)),
+        );
         gate.insert("refresh_interval".into(), dur(g.refresh_interval));
         root.insert("motion_gate".into(), Value::Table(gate));
 
         let t = &self.tracker;
         let mut tracker = toml::Table::new();
-        tracker.insert("iou_threshold".into(), Value::Float(f64::from(t.iou_threshold)));
+        tracker.insert(
+            "iou_threshold".into(),
+            Value::Float(f64::from(t.iou_threshold)),
+        );
         tracker.insert("high_score".into(), Value::Float(f64::from(t.high_score)));
         tracker.insert("low_score".into(), Value::Float(f64::from(t.low_score)));
         tracker.insert("min_hits".into(), Value::Integer(i64::from(t.min_hits)));
@@ -559,12 +574,18 @@ impl AgentConfig {
         let mut snapshots = toml::Table::new();
         snapshots.insert("enabled".into(), Value::Boolean(sn.enabled));
         snapshots.insert("full_frame".into(), Value::Boolean(sn.full_frame));
-        snapshots.insert("jpeg_quality".into(), Value::Integer(i64::from(sn.jpeg_quality)));
+        snapshots.insert(
+            "jpeg_quality".into(),
+            Value::Integer(i64::from(sn.jpeg_quality)),
+        );
         snapshots.insert("max_side".into(), Value::Integer(i64::from(sn.max_side)));
         root.insert("snapshots".into(), Value::Table(snapshots));
 
         let point = |p: &Point| {
-            Value::Array(vec![Value::Float(f64::from(p[0])), Value::Float(f64::from(p[1]))])
+            Value::Array(vec![
+                Value::Float(f64::from(p[0])),
+                Value::Float(f64::from(p[1])),
+            ])
         };
         let cameras = self
             .cameras
@@ -599,7 +620,10 @@ impl AgentConfig {
                     .map(|z| {
                         let mut zt = toml::Table::new();
                         zt.insert("id".into(), Value::String(z.id.clone()));
-                        zt.insert("polygon".into(), Value::Array(z.polygon.iter().map(point).collect()));
+                        zt.insert(
+                            "polygon".into(),
+                            Value::Array(z.polygon.iter().map(point).collect()),
+                        );
                         Value::Table(zt)
                     })
                     .collect();
@@ -786,13 +810,19 @@ fn read_motion_gate(doc: &mut ConfigDoc) -> MotionGateConfig {
     MotionGateConfig {
         enabled: doc.get::<bool>("motion_gate.enabled").unwrap_or(d.enabled),
         analysis_width: doc
-            .get_checked::<u32>("motion_gate.analysis_width", check_range(16, 1920, " pixels"))
+            .get_checked::<u32>(
+                "motion_gate.analysis_width",
+                check_range(16, 1920, " pixels"),
+            )
             .unwrap_or(d.analysis_width),
         pixel_threshold: doc
             .get_checked::<u8>("motion_gate.pixel_threshold", check_range(1, 255, ""))
             .unwrap_or(d.pixel_threshold),
         min_changed_fraction: doc
-            .get_checked::<f32>("motion_gate.min_changed_fraction", check_range(0.0, 1.0, ""))
+            .get_checked::<f32>(
+                "motion_gate.min_changed_fraction",
+                check_range(0.0, 1.0, ""),
+            )
             .unwrap_or(d.min_changed_fraction),
         background_rate: doc
             .get_checked::<f32>("motion_gate.background_rate", check_range(0.001, 1.0, ""))
@@ -832,7 +862,9 @@ fn read_snapshots(doc: &mut ConfigDoc) -> SnapshotConfig {
     let d = SnapshotConfig::default();
     SnapshotConfig {
         enabled: doc.get::<bool>("snapshots.enabled").unwrap_or(d.enabled),
-        full_frame: doc.get::<bool>("snapshots.full_frame").unwrap_or(d.full_frame),
+        full_frame: doc
+            .get::<bool>("snapshots.full_frame")
+            .unwrap_or(d.full_frame),
         jpeg_quality: doc
             .get_checked::<u8>("snapshots.jpeg_quality", check_range(1, 100, ""))
             .unwrap_or(d.jpeg_quality),
@@ -874,7 +906,11 @@ fn normalised(p: &Point) -> bool {
     p.iter().all(|c| (0.0..=1.0).contains(c))
 }
 
-fn read_camera_extras(doc: &mut ConfigDoc, table: &toml::Table, key: &dyn Fn(&str) -> String) -> CameraExtras {
+fn read_camera_extras(
+    doc: &mut ConfigDoc,
+    table: &toml::Table,
+    key: &dyn Fn(&str) -> String,
+) -> CameraExtras {
     let mut x = CameraExtras::default();
     let number = |v: &toml::Value| match v {
         toml::Value::Integer(n) => Some(*n as f64),
@@ -884,13 +920,19 @@ fn read_camera_extras(doc: &mut ConfigDoc, table: &toml::Table, key: &dyn Fn(&st
     if let Some(v) = table.get("detect_fps") {
         match number(v) {
             Some(f) if f > 0.0 && f <= MAX_CAMERA_FPS => x.detect_fps = Some(f),
-            _ => doc.problem(&key("detect_fps"), format!("must be a number in (0, {MAX_CAMERA_FPS}]")),
+            _ => doc.problem(
+                &key("detect_fps"),
+                format!("must be a number in (0, {MAX_CAMERA_FPS}]"),
+            ),
         }
     }
     if let Some(v) = table.get("stall_timeout") {
         match v.as_str().map(str::parse::<HumanDuration>) {
             Some(Ok(d)) if d.0 >= Duration::from_secs(1) => x.stall_timeout = Some(d.0),
-            _ => doc.problem(&key("stall_timeout"), "must be a duration of at least 1s, e.g. \"10s\""),
+            _ => doc.problem(
+                &key("stall_timeout"),
+                "must be a duration of at least 1s, e.g. \"10s\"",
+            ),
         }
     }
     if let Some(v) = table.get("username") {
@@ -922,13 +964,25 @@ fn read_camera_extras(doc: &mut ConfigDoc, table: &toml::Table, key: &dyn Fn(&st
                             "needs at least 3 [x, y] points, each coordinate in 0..=1 (fractions of the frame)",
                         );
                     } else if !is_valid_node_id(&z.id) {
-                        doc.problem(&key(&format!("zones[{j}].id")), "use 1 to 64 of A-Z a-z 0-9 _ -");
+                        doc.problem(
+                            &key(&format!("zones[{j}].id")),
+                            "use 1 to 64 of A-Z a-z 0-9 _ -",
+                        );
                     } else {
-                        x.zones.push(Zone { id: z.id, polygon: z.polygon });
+                        x.zones.push(Zone {
+                            id: z.id,
+                            polygon: z.polygon,
+                        });
                     }
                 }
             }
-            Err(e) => doc.problem(&key("zones"), format!("expected [{{ id = \"…\", polygon = [[x, y], …] }}]: {}", e.message())),
+            Err(e) => doc.problem(
+                &key("zones"),
+                format!(
+                    "expected [{{ id = \"…\", polygon = [[x, y], …] }}]: {}",
+                    e.message()
+                ),
+            ),
         }
     }
     if let Some(v) = table.get("lines") {
@@ -941,19 +995,41 @@ fn read_camera_extras(doc: &mut ConfigDoc, table: &toml::Table, key: &dyn Fn(&st
                             "from and to must be two different [x, y] points with coordinates in 0..=1",
                         );
                     } else if !is_valid_node_id(&l.id) {
-                        doc.problem(&key(&format!("lines[{j}].id")), "use 1 to 64 of A-Z a-z 0-9 _ -");
+                        doc.problem(
+                            &key(&format!("lines[{j}].id")),
+                            "use 1 to 64 of A-Z a-z 0-9 _ -",
+                        );
                     } else {
-                        x.lines.push(Line { id: l.id, from: l.from, to: l.to });
+                        x.lines.push(Line {
+                            id: l.id,
+                            from: l.from,
+                            to: l.to,
+                        });
                     }
                 }
             }
-            Err(e) => doc.problem(&key("lines"), format!("expected [{{ id = \"…\", from = [x, y], to = [x, y] }}]: {}", e.message())),
+            Err(e) => doc.problem(
+                &key("lines"),
+                format!(
+                    "expected [{{ id = \"…\", from = [x, y], to = [x, y] }}]: {}",
+                    e.message()
+                ),
+            ),
         }
     }
     if let Some(v) = table.get("masks") {
         match v.clone().try_into::<Vec<Vec<Point>>>() {
-            Ok(masks) if masks.iter().all(|m| m.len() >= 3 && m.iter().all(normalised)) => x.masks = masks,
-            _ => doc.problem(&key("masks"), "expected polygons [[[x, y], [x, y], [x, y]], …] with coordinates in 0..=1"),
+            Ok(masks)
+                if masks
+                    .iter()
+                    .all(|m| m.len() >= 3 && m.iter().all(normalised)) =>
+            {
+                x.masks = masks
+            }
+            _ => doc.problem(
+                &key("masks"),
+                "expected polygons [[[x, y], [x, y], [x, y]], …] with coordinates in 0..=1",
+            ),
         }
     }
     x
@@ -961,7 +1037,17 @@ fn read_camera_extras(doc: &mut ConfigDoc, table: &toml::Table, key: &dyn Fn(&st
 
 /// Camera keys a `[[cameras]]` table may hold.
 const CAMERA_KEYS: &[&str] = &[
-    "id", "uri", "fps", "detect_fps", "stall_timeout", "username", "password", "transport", "zones", "lines", "masks",
+    "id",
+    "uri",
+    "fps",
+    "detect_fps",
+    "stall_timeout",
+    "username",
+    "password",
+    "transport",
+    "zones",
+    "lines",
+    "masks",
 ];
 
 /// `[[cameras]]` from the file, replaced by `--source` when given.
@@ -972,7 +1058,10 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
         let key = |k: &str| format!("cameras[{i}].{k}");
         for k in table.keys() {
             if !CAMERA_KEYS.contains(&k.as_str()) {
-                doc.problem(&key(k), format!("unknown key (known here: {})", CAMERA_KEYS.join(", ")));
+                doc.problem(
+                    &key(k),
+                    format!("unknown key (known here: {})", CAMERA_KEYS.join(", ")),
+                );
             }
         }
         let id = match table.get("id") {
@@ -1073,8 +1162,16 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
                 }
             }
             _ => {
-                if extras.username.is_some() || extras.password.is_some() || extras.transport.is_some() {
-                    doc.problem(&key("username"), format!("camera {id:?}: username, password and transport apply to rtsp:// only"));
+                if extras.username.is_some()
+                    || extras.password.is_some()
+                    || extras.transport.is_some()
+                {
+                    doc.problem(
+                        &key("username"),
+                        format!(
+                            "camera {id:?}: username, password and transport apply to rtsp:// only"
+                        ),
+                    );
                 }
             }
         }
@@ -1271,7 +1368,13 @@ masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]]
         assert_eq!(c.motion_gate.refresh_interval, Duration::from_secs(2));
         assert_eq!(c.tracker.max_age, Duration::from_secs(4));
         assert!(c.snapshots.full_frame);
-        let SourceSpec::Rtsp { username, password, transport, .. } = &cam.source else {
+        let SourceSpec::Rtsp {
+            username,
+            password,
+            transport,
+            ..
+        } = &cam.source
+        else {
             panic!("rtsp")
         };
         assert_eq!(username.as_deref(), Some("viewer"));
@@ -1279,7 +1382,11 @@ masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]]
         assert_eq!(*transport, RtspTransport::Udp);
         let printed = toml::to_string(&c.to_toml_table()).expect("toml");
         assert!(!printed.contains("hunter2") && !format!("{c:?}").contains("hunter2"));
-        let back = parse(&printed.replace("<redacted>", "hunter2"), &Overrides::default()).expect("reads back");
+        let back = parse(
+            &printed.replace("<redacted>", "hunter2"),
+            &Overrides::default(),
+        )
+        .expect("reads back");
         assert_eq!(back, c);
 
         let err = parse(
@@ -1295,7 +1402,12 @@ lines = [{ id = "l", from = [0.5, 0.5], to = [0.5, 0.5] }]
         )
         .expect_err("bad");
         let k = keys(&err);
-        for want in ["cameras[0].detect_fps", "cameras[0].zones[0].polygon", "cameras[0].lines[0]", "cameras[0].username"] {
+        for want in [
+            "cameras[0].detect_fps",
+            "cameras[0].zones[0].polygon",
+            "cameras[0].lines[0]",
+            "cameras[0].username",
+        ] {
             assert!(k.contains(&want), "missing {want} in {k:?}");
         }
     }

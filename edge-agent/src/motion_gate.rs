@@ -121,7 +121,10 @@ impl MotionGate {
             self.background.clear();
             self.ignore = (0..w * h)
                 .map(|i| {
-                    let p = [((i % w) as f32 + 0.5) / w as f32, ((i / w) as f32 + 0.5) / h as f32];
+                    let p = [
+                        ((i % w) as f32 + 0.5) / w as f32,
+                        ((i / w) as f32 + 0.5) / h as f32,
+                    ];
                     self.masks.iter().any(|m| polygon_contains(m, p))
                 })
                 .collect();
@@ -230,8 +233,14 @@ mod tests {
         let mask = vec![[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]];
         let mut g = MotionGate::new(MotionGateConfig::default(), vec![mask]);
         g.check(&frame(None), ms(0), false);
-        assert!(!g.check(&frame(Some(20)), ms(100), false).infer, "left half masked");
-        assert!(g.check(&frame(Some(220)), ms(200), false).infer, "right half watched");
+        assert!(
+            !g.check(&frame(Some(20)), ms(100), false).infer,
+            "left half masked"
+        );
+        assert!(
+            g.check(&frame(Some(220)), ms(200), false).infer,
+            "right half watched"
+        );
         let mut off = MotionGate::new(
             MotionGateConfig {
                 enabled: false,

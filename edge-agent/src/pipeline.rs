@@ -119,7 +119,12 @@ pub struct Analysis {
 }
 
 impl Analyzer {
-    pub fn new(config: &AgentConfig, camera: &CameraConfig, detector: Box<dyn Detector>, run_id: &str) -> Self {
+    pub fn new(
+        config: &AgentConfig,
+        camera: &CameraConfig,
+        detector: Box<dyn Detector>,
+        run_id: &str,
+    ) -> Self {
         let mut tracker = config.tracker.clone();
         if detector.name() == "motion" {
             // Motion-blob "scores" are how much of the box changed, not a
@@ -135,7 +140,11 @@ impl Analyzer {
             pacer: DetectPacer::new(camera.detect_fps),
             gate: MotionGate::new(config.motion_gate.clone(), camera.masks.clone()),
             tracker: Tracker::new(tracker),
-            zones: ZoneLines::new(camera.zones.clone(), camera.lines.clone(), DEFAULT_LINE_MARGIN),
+            zones: ZoneLines::new(
+                camera.zones.clone(),
+                camera.lines.clone(),
+                DEFAULT_LINE_MARGIN,
+            ),
             snapshots: SnapshotKeeper::new(config.snapshots.clone()),
             next_event: 0,
             counts_since: Utc::now(),
@@ -153,7 +162,10 @@ impl Analyzer {
     fn event(&mut self, kind: &str, track: &Track, ts: DateTime<Utc>) -> TrackEvent {
         self.next_event += 1;
         TrackEvent {
-            id: format!("{}-{}-{}-{}", self.run_id, self.camera_id, track.id, self.next_event),
+            id: format!(
+                "{}-{}-{}-{}",
+                self.run_id, self.camera_id, track.id, self.next_event
+            ),
             ts,
             camera_id: self.camera_id.clone(),
             track_id: track.id,
@@ -197,7 +209,12 @@ impl Analyzer {
                 out.events.push(e);
             }
             let mut left = self.event(track_event::LEFT, &track, ts);
-            left.dwell_s = Some((track.last_seen - track.first_seen).num_milliseconds().max(0) as f64 / 1000.0);
+            left.dwell_s = Some(
+                (track.last_seen - track.first_seen)
+                    .num_milliseconds()
+                    .max(0) as f64
+                    / 1000.0,
+            );
             let key = self.track_key(track.id);
             if let Some(s) = self.snapshots.finish(SnapshotMeta {
                 node_id: &self.node_id,
@@ -450,7 +467,11 @@ impl Capture {
                 }
                 Exit::OpenFailed(e) => {
                     tracing::warn!(camera = %id, error = %e, retry_in = ?retry, "cannot open the camera; retrying");
-                    let st = if ever_streamed { state::RECONNECTING } else { state::FAILED };
+                    let st = if ever_streamed {
+                        state::RECONNECTING
+                    } else {
+                        state::FAILED
+                    };
                     self.set_state(st, Some(e));
                 }
                 Exit::Stalled(e) => {
@@ -475,7 +496,12 @@ impl Capture {
         self.mailbox.close();
     }
 
-    fn stream(&self, src: &mut dyn source::FrameSource, retry: &mut Duration, ever_streamed: &mut bool) -> Exit {
+    fn stream(
+        &self,
+        src: &mut dyn source::FrameSource,
+        retry: &mut Duration,
+        ever_streamed: &mut bool,
+    ) -> Exit {
         // Sources that do not pace themselves are paced to the camera's fps
         // and wait for analysis instead of losing frames.
         let paced = !src.is_realtime();
@@ -509,11 +535,11 @@ impl Capture {
                     continue;
                 }
                 Err(e @ SourceError::Stalled { .. }) => return Exit::Stalled(e.to_string()),
-                Err(e @ (SourceError::Open { .. } | SourceError::ImageDir { .. } | SourceError::Unsupported(_)))
-                    if !got_frame =>
-                {
-                    return Exit::OpenFailed(e.to_string())
-                }
+                Err(
+                    e @ (SourceError::Open { .. }
+                    | SourceError::ImageDir { .. }
+                    | SourceError::Unsupported(_)),
+                ) if !got_frame => return Exit::OpenFailed(e.to_string()),
                 Err(e) => return Exit::Failed(e.to_string()),
             };
             if !got_frame {
@@ -619,7 +645,12 @@ impl AnalysisWorker {
             .events
             .into_iter()
             .map(Analytics::Event)
-            .chain(result.snapshots.into_iter().map(|s| Analytics::Snapshot(Box::new(s))))
+            .chain(
+                result
+                    .snapshots
+                    .into_iter()
+                    .map(|s| Analytics::Snapshot(Box::new(s))),
+            )
             .chain((!counts.is_empty()).then_some(Analytics::LineCounts(counts)));
         for item in items {
             if let Err(e) = analytics.try_send(item) {
@@ -660,12 +691,17 @@ mod tests {
         let health = p.health();
         p.join();
         assert!(!got.is_empty());
-        assert!(got.iter().all(|d| d.camera_id == "gate" && d.label == "motion"));
+        assert!(got
+            .iter()
+            .all(|d| d.camera_id == "gate" && d.label == "motion"));
         for d in &got {
             let [x1, y1, x2, y2] = d.bbox;
             assert!(x1 <= x2 && y1 <= y2 && x2 <= 320.0 && y2 <= 240.0, "{d:?}");
         }
-        assert!(got.iter().any(|d| d.track_id.is_some()), "moving objects get tracks");
+        assert!(
+            got.iter().any(|d| d.track_id.is_some()),
+            "moving objects get tracks"
+        );
         assert_eq!(health[0].frames_total, 30);
         assert_eq!(health[0].frames_dropped, 0, "a paced source loses nothing");
         assert_eq!(health[0].state, state::ENDED);
@@ -675,8 +711,14 @@ mod tests {
                 kinds.push(e.kind);
             }
         }
-        assert!(kinds.iter().any(|k| k == track_event::APPEARED), "{kinds:?}");
-        assert!(kinds.iter().any(|k| k == track_event::LEFT), "tracks end with the stream: {kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == track_event::APPEARED),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.iter().any(|k| k == track_event::LEFT),
+            "tracks end with the stream: {kinds:?}"
+        );
     }
 
     #[test]

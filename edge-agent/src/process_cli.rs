@@ -65,7 +65,12 @@ pub fn cpu_seconds() -> Option<f64> {
 
 /// The camera whose zones, lines, masks and detect fps apply: `camera` by
 /// id, else the first configured camera, else defaults.
-fn camera_for(config: &AgentConfig, file: &Path, camera: Option<&str>, detect_fps: Option<f64>) -> anyhow::Result<CameraConfig> {
+fn camera_for(
+    config: &AgentConfig,
+    file: &Path,
+    camera: Option<&str>,
+    detect_fps: Option<f64>,
+) -> anyhow::Result<CameraConfig> {
     let uri = format!("file://{}", file.display());
     let (spec, _) = SourceSpec::parse(&uri).map_err(|e| anyhow::anyhow!(e))?;
     let base = match camera {
@@ -123,8 +128,10 @@ pub fn process(
     let base = Utc::now();
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ms of video {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ms of video {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut report = ProcessReport {
         file: file.display().to_string(),
@@ -179,7 +186,9 @@ pub fn process(
         last_t = t;
         frame.ts = base + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::zero());
         report.frames_seen += 1;
-        let result = analyzer.analyze(&frame, t).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let result = analyzer
+            .analyze(&frame, t)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if result.inferred {
             report.frames_inferred += 1;
             infer_total += result.infer_time;
@@ -194,7 +203,10 @@ pub fn process(
             counts.insert((c.line.clone(), c.label.clone(), c.direction.clone()), c);
         }
         bar.set_position(t.as_millis() as u64);
-        bar.set_message(format!("{} frames, {} inferred", report.frames_seen, report.frames_inferred));
+        bar.set_message(format!(
+            "{} frames, {} inferred",
+            report.frames_seen, report.frames_inferred
+        ));
     }
     let end = base + chrono::Duration::from_std(last_t).unwrap_or(chrono::Duration::zero());
     let last = analyzer.finish(end);
@@ -220,17 +232,27 @@ pub fn process(
 
 /// Prints `report` for people.
 pub fn print_summary(r: &ProcessReport) {
-    println!("{}: {:.1} s of video, camera {:?}, detector {}", r.file, r.media_s, r.camera_id, r.detector);
+    println!(
+        "{}: {:.1} s of video, camera {:?}, detector {}",
+        r.file, r.media_s, r.camera_id, r.detector
+    );
     println!(
         "frames: {} decoded, {} inferred, {} skipped by the motion gate, {} decode errors",
         r.frames_seen, r.frames_inferred, r.frames_gated, r.decode_errors
     );
-    let cpu = r.cpu_s.map_or_else(|| "?".to_owned(), |c| format!("{c:.2}"));
+    let cpu = r
+        .cpu_s
+        .map_or_else(|| "?".to_owned(), |c| format!("{c:.2}"));
     println!(
         "speed: {:.1} frames/s, {:.1} ms per inference, {:.2} s wall, {cpu} s CPU",
         r.fps, r.infer_ms_mean, r.wall_s
     );
-    println!("detections: {}, events: {}, snapshots: {}", r.detections.len(), r.events.len(), r.snapshots);
+    println!(
+        "detections: {}, events: {}, snapshots: {}",
+        r.detections.len(),
+        r.events.len(),
+        r.snapshots
+    );
     for (label, n) in &r.tracks {
         println!("tracks: {n} × {label}");
     }

@@ -46,7 +46,9 @@ impl LatestFrame {
     }
 
     fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Stores `frame`, replacing (and counting) any frame not taken yet.
@@ -111,7 +113,9 @@ pub struct DetectPacer {
 impl DetectPacer {
     pub fn new(fps: Option<f64>) -> Self {
         Self {
-            interval: fps.filter(|f| *f > 0.0).map(|f| Duration::from_secs_f64(1.0 / f)),
+            interval: fps
+                .filter(|f| *f > 0.0)
+                .map(|f| Duration::from_secs_f64(1.0 / f)),
             next_due: None,
         }
     }
@@ -170,7 +174,10 @@ mod tests {
         assert!(matches!(slot.take(Duration::from_millis(10)), Taken::Empty));
         slot.put(frame(100));
         slot.close();
-        assert!(matches!(slot.take(Duration::ZERO), Taken::Frame(_)), "drained after close");
+        assert!(
+            matches!(slot.take(Duration::ZERO), Taken::Frame(_)),
+            "drained after close"
+        );
         assert!(matches!(slot.take(Duration::ZERO), Taken::Closed));
     }
 
@@ -207,7 +214,10 @@ mod tests {
             .filter(|t| p.due(*t))
             .map(|t| t.as_millis() as u64)
             .collect();
-        assert_eq!(due, [0, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200, 2400, 2600, 2800]);
+        assert_eq!(
+            due,
+            [0, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200, 2400, 2600, 2800]
+        );
         // After a 5 s gap, one frame, then the normal cadence again.
         assert!(p.due(Duration::from_millis(8000)));
         assert!(!p.due(Duration::from_millis(8100)));

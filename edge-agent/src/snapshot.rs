@@ -90,11 +90,17 @@ impl SnapshotKeeper {
         if !self.config.enabled || self.best.get(&track_id).is_some_and(|b| b.score >= score) {
             return;
         }
-        let Some(crop) = crop_jpeg(frame, bbox, self.config.max_side, self.config.jpeg_quality) else {
+        let Some(crop) = crop_jpeg(frame, bbox, self.config.max_side, self.config.jpeg_quality)
+        else {
             return;
         };
         let full = if self.config.full_frame {
-            encode_jpeg(&frame.rgb, frame.width, frame.height, self.config.jpeg_quality)
+            encode_jpeg(
+                &frame.rgb,
+                frame.width,
+                frame.height,
+                self.config.jpeg_quality,
+            )
         } else {
             None
         };
@@ -178,7 +184,11 @@ mod tests {
         let mut rgb = vec![0u8; (w * h * 3) as usize];
         for (i, px) in rgb.chunks_mut(3).enumerate() {
             let x = (i as u32) % w;
-            px.copy_from_slice(if x >= 100 { &[250, 10, 10] } else { &[10, 10, 250] });
+            px.copy_from_slice(if x >= 100 {
+                &[250, 10, 10]
+            } else {
+                &[10, 10, 250]
+            });
         }
         Frame {
             camera_id: "c".into(),
@@ -230,7 +240,11 @@ mod tests {
             ..SnapshotConfig::default()
         });
         k.offer(2, 0.7, [0.0, 0.0, 50.0, 50.0], &f);
-        assert!(k.finish(meta(2)).expect("snapshot").frame_jpeg_b64.is_some());
+        assert!(k
+            .finish(meta(2))
+            .expect("snapshot")
+            .frame_jpeg_b64
+            .is_some());
         let mut off = SnapshotKeeper::new(SnapshotConfig {
             enabled: false,
             ..SnapshotConfig::default()

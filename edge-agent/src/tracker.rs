@@ -308,7 +308,10 @@ mod tests {
         let mut ids = Vec::new();
         for f in 0..20 {
             let x = f as f32 * 6.0;
-            let dets = [obj("person", 10.0 + x, 100.0, 0.9), obj("person", 400.0 - x, 120.0, 0.8)];
+            let dets = [
+                obj("person", 10.0 + x, 100.0, 0.9),
+                obj("person", 400.0 - x, 120.0, 0.8),
+            ];
             let u = tr.update(&dets, at(f * 100));
             if f == 0 {
                 assert_eq!(u.assigned, [None, None], "tentative at first sight");
@@ -354,7 +357,11 @@ mod tests {
         // last box alone would be 0.25, under the threshold; prediction keeps it.
         let mut ids = Vec::new();
         for f in 0..10i64 {
-            let x = if f == 0 { 0.0 } else { 12.0 + (f - 1) as f32 * 24.0 };
+            let x = if f == 0 {
+                0.0
+            } else {
+                12.0 + (f - 1) as f32 * 24.0
+            };
             let u = tr.update(&[obj("car", x, 0.0, 0.9)], at(f * 100));
             ids.push(u.assigned[0]);
         }

@@ -93,9 +93,17 @@ impl Line {
 /// A zone or line event for one track.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GeoEvent {
-    ZoneEntered { zone: String },
-    ZoneLeft { zone: String, dwell_s: f64 },
-    LineCrossed { line: String, direction: &'static str },
+    ZoneEntered {
+        zone: String,
+    },
+    ZoneLeft {
+        zone: String,
+        dwell_s: f64,
+    },
+    LineCrossed {
+        line: String,
+        direction: &'static str,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -140,11 +148,20 @@ impl ZoneLines {
 
     /// The first zone (config order) holding `p`.
     pub fn zone_of(&self, p: Point) -> Option<&str> {
-        self.zones.iter().find(|z| z.contains(p)).map(|z| z.id.as_str())
+        self.zones
+            .iter()
+            .find(|z| z.contains(p))
+            .map(|z| z.id.as_str())
     }
 
     /// Moves track `track_id` (class `label`) to `p` at `ts`; returns what happened.
-    pub fn update(&mut self, track_id: u64, label: &str, p: Point, ts: DateTime<Utc>) -> Vec<GeoEvent> {
+    pub fn update(
+        &mut self,
+        track_id: u64,
+        label: &str,
+        p: Point,
+        ts: DateTime<Utc>,
+    ) -> Vec<GeoEvent> {
         let mut events = Vec::new();
         let geo = self.tracks.entry(track_id).or_default();
         for zone in &self.zones {
@@ -292,10 +309,20 @@ mod tests {
     fn jitter_at_the_line_counts_once_or_not_at_all() {
         let mut z = mid_line();
         // Wobbles across the line within the margin: never confirmed on the other side.
-        let ev = walk(&mut z, 1, "car", &[0.3, 0.495, 0.505, 0.497, 0.503, 0.499, 0.3]);
+        let ev = walk(
+            &mut z,
+            1,
+            "car",
+            &[0.3, 0.495, 0.505, 0.497, 0.503, 0.499, 0.3],
+        );
         assert!(ev.is_empty(), "{ev:?}");
         // Crosses, then jitters around the line on the far side: one crossing.
-        let ev = walk(&mut z, 2, "car", &[0.3, 0.52, 0.505, 0.495, 0.503, 0.52, 0.6]);
+        let ev = walk(
+            &mut z,
+            2,
+            "car",
+            &[0.3, 0.52, 0.505, 0.495, 0.503, 0.52, 0.6],
+        );
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(z.count("mid", "car", line_direction::LEFT_TO_RIGHT), 1);
         assert_eq!(z.count("mid", "car", line_direction::RIGHT_TO_LEFT), 0);

@@ -507,7 +507,11 @@ impl TrackEvent {
         if self.id.is_empty() || self.id.len() > 256 || self.track_key.len() > 256 {
             return Err("id and track_key must be 1..=256 bytes".into());
         }
-        for (what, v) in [("zone", &self.zone), ("line", &self.line), ("direction", &self.direction)] {
+        for (what, v) in [
+            ("zone", &self.zone),
+            ("line", &self.line),
+            ("direction", &self.direction),
+        ] {
             if let Some(v) = v {
                 check_id(what, v)?;
             }
@@ -548,7 +552,10 @@ impl Payload for Snapshot {
         check_id("camera_id", &self.camera_id)?;
         check_id("label", &self.label)?;
         if self.content_type != "image/jpeg" {
-            return Err(format!("content_type {:?} is not image/jpeg", self.content_type));
+            return Err(format!(
+                "content_type {:?} is not image/jpeg",
+                self.content_type
+            ));
         }
         if self.jpeg_b64.is_empty() {
             return Err("jpeg_b64 is empty".into());

@@ -161,12 +161,21 @@ mod tests {
     fn analytics_topics() {
         for kind in AnalyticsKind::ALL {
             let t = kind.topic("gate-01");
-            assert_eq!(AnalyticsKind::parse_topic(&t), Some(("gate-01".into(), kind)));
+            assert_eq!(
+                AnalyticsKind::parse_topic(&t),
+                Some(("gate-01".into(), kind))
+            );
             assert_eq!(Topic::parse(&t), None, "not a TopicKind");
         }
         assert_eq!(AnalyticsKind::Events.topic("n"), "edgeqi/v1/nodes/n/events");
-        assert_eq!(AnalyticsKind::parse_topic("edgeqi/v1/nodes/a b/events"), None);
-        assert_eq!(AnalyticsKind::parse_topic("edgeqi/v1/nodes/a/detections"), None);
+        assert_eq!(
+            AnalyticsKind::parse_topic("edgeqi/v1/nodes/a b/events"),
+            None
+        );
+        assert_eq!(
+            AnalyticsKind::parse_topic("edgeqi/v1/nodes/a/detections"),
+            None
+        );
     }
 
     #[test]

@@ -127,7 +127,13 @@ pub type AccountResult<T> = Result<T, AccountError>;
 pub trait AccountStore: Send + Sync + fmt::Debug {
     async fn user_count(&self) -> StoreResult<u64>;
     /// `password_hash` is already an argon2 PHC string.
-    async fn create_user(&self, username: &str, password_hash: &str, role: Role, tenant_id: Option<i64>) -> AccountResult<User>;
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+        tenant_id: Option<i64>,
+    ) -> AccountResult<User>;
     /// The user and their password hash, for login.
     async fn user_with_hash(&self, username: &str) -> StoreResult<Option<(User, String)>>;
     async fn user(&self, id: i64) -> StoreResult<Option<User>>;
@@ -141,11 +147,23 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
     /// Nodes of a tenant.
     async fn tenant_nodes(&self, tenant_id: i64) -> StoreResult<Vec<String>>;
 
-    async fn create_api_key(&self, name: &str, key_hash: &str, role: Role, tenant_id: Option<i64>, created_by: &str) -> AccountResult<ApiKey>;
+    async fn create_api_key(
+        &self,
+        name: &str,
+        key_hash: &str,
+        role: Role,
+        tenant_id: Option<i64>,
+        created_by: &str,
+    ) -> AccountResult<ApiKey>;
     async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>>;
 
     async fn audit(&self, record: AuditRecord) -> StoreResult<()>;
-    async fn audit_log(&self, tenant_id: Option<i64>, limit: usize, before_id: Option<i64>) -> StoreResult<Vec<AuditEntry>>;
+    async fn audit_log(
+        &self,
+        tenant_id: Option<i64>,
+        limit: usize,
+        before_id: Option<i64>,
+    ) -> StoreResult<Vec<AuditEntry>>;
 
     /// A persistent secret (the JWT signing key), created on first use.
     async fn secret(&self, name: &str) -> StoreResult<Vec<u8>>;
@@ -155,6 +173,8 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
 pub fn open(url: &str) -> StoreResult<std::sync::Arc<dyn AccountStore>> {
     match url.strip_prefix("sqlite://") {
         Some(path) => Ok(std::sync::Arc::new(sqlite::SqliteAccounts::open(path)?)),
-        None => Err(crate::store::StoreError::UnsupportedUrl(crate::store::redact_url(url))),
+        None => Err(crate::store::StoreError::UnsupportedUrl(
+            crate::store::redact_url(url),
+        )),
     }
 }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use chrono::{TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{AccountError, AccountResult, AccountStore, ApiKey, AuditEntry, AuditRecord, Role, Tenant, User};
+use super::{
+    AccountError, AccountResult, AccountStore, ApiKey, AuditEntry, AuditRecord, Role, Tenant, User,
+};
 use crate::store::{StoreError, StoreResult};
 
 const COMPONENT: &str = "accounts";
@@ -68,7 +70,9 @@ fn ts(ms: i64) -> chrono::DateTime<Utc> {
 }
 
 fn role(s: String) -> rusqlite::Result<Role> {
-    s.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
@@ -94,7 +98,9 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
 
 fn conflict_or(e: rusqlite::Error, what: &str) -> AccountError {
     match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
             AccountError::Conflict(what.to_owned())
         }
         other => other.into(),
@@ -103,14 +109,21 @@ fn conflict_or(e: rusqlite::Error, what: &str) -> AccountError {
 
 impl SqliteAccounts {
     pub fn open(path: &str) -> StoreResult<Self> {
-        let open_err = |reason: String| StoreError::Open { path: path.to_owned(), reason };
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")
             .map_err(|e| open_err(e.to_string()))?;
         conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
             .map_err(|e| open_err(e.to_string()))?;
         let current: i64 = conn
-            .query_row("SELECT version FROM schema_versions WHERE component = ?1", [COMPONENT], |r| r.get(0))
+            .query_row(
+                "SELECT version FROM schema_versions WHERE component = ?1",
+                [COMPONENT],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| open_err(e.to_string()))?
             .unwrap_or(0);
@@ -121,8 +134,11 @@ impl SqliteAccounts {
             )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn.unchecked_transaction().map_err(|e| open_err(e.to_string()))?;
-            tx.execute_batch(sql).map_err(|e| open_err(format!("accounts migration {}: {e}", i + 1)))?;
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(|e| open_err(e.to_string()))?;
+            tx.execute_batch(sql)
+                .map_err(|e| open_err(format!("accounts migration {}: {e}", i + 1)))?;
             tx.execute(
                 "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
                  ON CONFLICT(component) DO UPDATE SET version = ?2",
@@ -131,7 +147,9 @@ impl SqliteAccounts {
             .map_err(|e| open_err(e.to_string()))?;
             tx.commit().map_err(|e| open_err(e.to_string()))?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with<T: Send + 'static, E: From<StoreError> + Send + 'static>(
@@ -148,11 +166,19 @@ impl SqliteAccounts {
 #[async_trait::async_trait]
 impl AccountStore for SqliteAccounts {
     async fn user_count(&self) -> StoreResult<u64> {
-        self.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))? as u64))
-            .await
+        self.with(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
     }
 
-    async fn create_user(&self, username: &str, password_hash: &str, role: Role, tenant_id: Option<i64>) -> AccountResult<User> {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+        tenant_id: Option<i64>,
+    ) -> AccountResult<User> {
         let (u, h) = (username.to_owned(), password_hash.to_owned());
         self.with(move |c| {
             if let Some(t) = tenant_id {
@@ -174,20 +200,31 @@ impl AccountStore for SqliteAccounts {
     async fn user_with_hash(&self, username: &str) -> StoreResult<Option<(User, String)>> {
         let u = username.to_owned();
         self.with(move |c| {
-            Ok(c.query_row("SELECT * FROM users WHERE username = ?1", [u], |r| Ok((user_row(r)?, r.get("password_hash")?)))
-                .optional()?)
+            Ok(
+                c.query_row("SELECT * FROM users WHERE username = ?1", [u], |r| {
+                    Ok((user_row(r)?, r.get("password_hash")?))
+                })
+                .optional()?,
+            )
         })
         .await
     }
 
     async fn user(&self, id: i64) -> StoreResult<Option<User>> {
-        self.with(move |c| Ok(c.query_row("SELECT * FROM users WHERE id = ?1", [id], user_row).optional()?))
-            .await
+        self.with(move |c| {
+            Ok(
+                c.query_row("SELECT * FROM users WHERE id = ?1", [id], user_row)
+                    .optional()?,
+            )
+        })
+        .await
     }
 
     async fn users(&self, tenant_id: Option<i64>) -> StoreResult<Vec<User>> {
         self.with(move |c| {
-            let mut stmt = c.prepare_cached("SELECT * FROM users WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT * FROM users WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id",
+            )?;
             let rows = stmt.query_map([tenant_id], user_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -198,18 +235,33 @@ impl AccountStore for SqliteAccounts {
         let name = name.to_owned();
         self.with(move |c| {
             let now = Utc::now().timestamp_millis();
-            c.execute("INSERT INTO tenants (name, created_ms) VALUES (?1, ?2)", params![name, now])
-                .map_err(|e| conflict_or(e, &format!("tenant {name:?}")))?;
-            Ok(Tenant { id: c.last_insert_rowid(), name, created_at: ts(now) })
+            c.execute(
+                "INSERT INTO tenants (name, created_ms) VALUES (?1, ?2)",
+                params![name, now],
+            )
+            .map_err(|e| conflict_or(e, &format!("tenant {name:?}")))?;
+            Ok(Tenant {
+                id: c.last_insert_rowid(),
+                name,
+                created_at: ts(now),
+            })
         })
         .await
     }
 
     async fn tenant(&self, id: i64) -> StoreResult<Option<Tenant>> {
         self.with(move |c| {
-            Ok(c.query_row("SELECT id, name, created_ms FROM tenants WHERE id = ?1", [id], |r| {
-                Ok(Tenant { id: r.get(0)?, name: r.get(1)?, created_at: ts(r.get(2)?) })
-            })
+            Ok(c.query_row(
+                "SELECT id, name, created_ms FROM tenants WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Tenant {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        created_at: ts(r.get(2)?),
+                    })
+                },
+            )
             .optional()?)
         })
         .await
@@ -217,8 +269,15 @@ impl AccountStore for SqliteAccounts {
 
     async fn tenants(&self) -> StoreResult<Vec<Tenant>> {
         self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT id, name, created_ms FROM tenants ORDER BY id")?;
-            let rows = stmt.query_map([], |r| Ok(Tenant { id: r.get(0)?, name: r.get(1)?, created_at: ts(r.get(2)?) }))?;
+            let mut stmt =
+                c.prepare_cached("SELECT id, name, created_ms FROM tenants ORDER BY id")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Tenant {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: ts(r.get(2)?),
+                })
+            })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -239,14 +298,23 @@ impl AccountStore for SqliteAccounts {
 
     async fn tenant_nodes(&self, tenant_id: i64) -> StoreResult<Vec<String>> {
         self.with(move |c| {
-            let mut stmt = c.prepare_cached("SELECT node_id FROM node_tenants WHERE tenant_id = ?1 ORDER BY node_id")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT node_id FROM node_tenants WHERE tenant_id = ?1 ORDER BY node_id",
+            )?;
             let rows = stmt.query_map([tenant_id], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
 
-    async fn create_api_key(&self, name: &str, key_hash: &str, role: Role, tenant_id: Option<i64>, created_by: &str) -> AccountResult<ApiKey> {
+    async fn create_api_key(
+        &self,
+        name: &str,
+        key_hash: &str,
+        role: Role,
+        tenant_id: Option<i64>,
+        created_by: &str,
+    ) -> AccountResult<ApiKey> {
         let (n, h, by) = (name.to_owned(), key_hash.to_owned(), created_by.to_owned());
         self.with(move |c| {
             c.execute(
@@ -261,8 +329,13 @@ impl AccountStore for SqliteAccounts {
 
     async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
         let h = key_hash.to_owned();
-        self.with(move |c| Ok(c.query_row("SELECT * FROM api_keys WHERE key_hash = ?1", [h], key_row).optional()?))
-            .await
+        self.with(move |c| {
+            Ok(
+                c.query_row("SELECT * FROM api_keys WHERE key_hash = ?1", [h], key_row)
+                    .optional()?,
+            )
+        })
+        .await
     }
 
     async fn audit(&self, r: AuditRecord) -> StoreResult<()> {
@@ -286,7 +359,12 @@ impl AccountStore for SqliteAccounts {
         .await
     }
 
-    async fn audit_log(&self, tenant_id: Option<i64>, limit: usize, before_id: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_log(
+        &self,
+        tenant_id: Option<i64>,
+        limit: usize,
+        before_id: Option<i64>,
+    ) -> StoreResult<Vec<AuditEntry>> {
         self.with(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT * FROM audit_log WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 IS NULL OR id < ?2)
@@ -314,13 +392,25 @@ impl AccountStore for SqliteAccounts {
     async fn secret(&self, name: &str) -> StoreResult<Vec<u8>> {
         let n = name.to_owned();
         self.with(move |c| {
-            if let Some(v) = c.query_row("SELECT value FROM secrets WHERE name = ?1", [&n], |r| r.get(0)).optional()? {
+            if let Some(v) = c
+                .query_row("SELECT value FROM secrets WHERE name = ?1", [&n], |r| {
+                    r.get(0)
+                })
+                .optional()?
+            {
                 return Ok(v);
             }
             let mut fresh = vec![0u8; 32];
             rand::Rng::fill(&mut rand::rng(), &mut fresh[..]);
-            c.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)", params![n, fresh])?;
-            Ok(c.query_row("SELECT value FROM secrets WHERE name = ?1", [&n], |r| r.get(0))?)
+            c.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                params![n, fresh],
+            )?;
+            Ok(
+                c.query_row("SELECT value FROM secrets WHERE name = ?1", [&n], |r| {
+                    r.get(0)
+                })?,
+            )
         })
         .await
     }

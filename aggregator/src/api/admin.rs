@@ -7,7 +7,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{api_key_digest, hash_password, new_api_key, AsAdmin, AsViewer, Authed, Principal};
+use super::auth::{
+    api_key_digest, hash_password, new_api_key, AsAdmin, AsViewer, Authed, Principal,
+};
 use super::{ApiError, AppState, JsonBody};
 use crate::accounts::{AccountError, AuditRecord, Role};
 
@@ -28,7 +30,12 @@ pub fn remote_addr(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .map(|v| v.trim().to_owned())
-        .or_else(|| headers.get("x-real-ip").and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            headers
+                .get("x-real-ip")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
 }
 
 /// Records a mutation; a failure to audit is logged, not hidden.
@@ -65,10 +72,15 @@ pub struct NewUser {
 }
 
 fn check_username(u: &str) -> Result<(), ApiError> {
-    if (1..=64).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b)) {
+    if (1..=64).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
         Ok(())
     } else {
-        Err(ApiError::Unprocessable("username must be 1-64 characters of A-Z a-z 0-9 . _ - @".into()))
+        Err(ApiError::Unprocessable(
+            "username must be 1-64 characters of A-Z a-z 0-9 . _ - @".into(),
+        ))
     }
 }
 
@@ -81,17 +93,25 @@ pub async fn create_user(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     check_username(&req.username)?;
     if req.password.len() < 8 || req.password.len() > 1024 {
-        return Err(ApiError::Unprocessable("password must be 8-1024 characters".into()));
+        return Err(ApiError::Unprocessable(
+            "password must be 8-1024 characters".into(),
+        ));
     }
     let role: Role = req.role.parse().map_err(ApiError::Unprocessable)?;
     // A tenant admin creates users in their own tenant only.
     let tenant_id = match (who.tenant_id, req.tenant_id) {
-        (Some(mine), Some(t)) if t != mine => return Err(ApiError::Forbidden("you can only create users in your own tenant".into())),
+        (Some(mine), Some(t)) if t != mine => {
+            return Err(ApiError::Forbidden(
+                "you can only create users in your own tenant".into(),
+            ))
+        }
         (Some(mine), _) => Some(mine),
         (None, t) => t,
     };
     if tenant_id.is_none() && role != Role::Admin {
-        return Err(ApiError::Unprocessable("operators and viewers belong to a tenant: give tenant_id".into()));
+        return Err(ApiError::Unprocessable(
+            "operators and viewers belong to a tenant: give tenant_id".into(),
+        ));
     }
     let hash = {
         let pw = req.password.clone();
@@ -99,15 +119,35 @@ pub async fn create_user(
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??
     };
-    let user = state.accounts.create_user(&req.username, &hash, role, tenant_id).await?;
+    let user = state
+        .accounts
+        .create_user(&req.username, &hash, role, tenant_id)
+        .await?;
     let after = serde_json::to_value(&user).ok();
-    audit(&state, &who, &headers, "user.create", format!("user:{}", user.id), None, after).await;
-    Ok((StatusCode::CREATED, Json(serde_json::to_value(user).unwrap_or_default())))
+    audit(
+        &state,
+        &who,
+        &headers,
+        "user.create",
+        format!("user:{}", user.id),
+        None,
+        after,
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(user).unwrap_or_default()),
+    ))
 }
 
 /// `GET /api/v1/users` (admin): users of the caller's tenant, or all.
-pub async fn list_users(State(state): State<AppState>, Authed(who): AsAdmin) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "items": state.accounts.users(who.scope()).await? })))
+pub async fn list_users(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        json!({ "items": state.accounts.users(who.scope()).await? }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,20 +164,36 @@ pub async fn create_tenant(
     JsonBody(req): JsonBody<NewTenant>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     if who.tenant_id.is_some() {
-        return Err(ApiError::Forbidden("only a global admin creates tenants".into()));
+        return Err(ApiError::Forbidden(
+            "only a global admin creates tenants".into(),
+        ));
     }
     let name = req.name.trim();
     if name.is_empty() || name.len() > 128 {
-        return Err(ApiError::Unprocessable("name must be 1-128 characters".into()));
+        return Err(ApiError::Unprocessable(
+            "name must be 1-128 characters".into(),
+        ));
     }
     let tenant = state.accounts.create_tenant(name).await?;
     let after = serde_json::to_value(&tenant).ok();
-    audit(&state, &who, &headers, "tenant.create", format!("tenant:{}", tenant.id), None, after.clone()).await;
+    audit(
+        &state,
+        &who,
+        &headers,
+        "tenant.create",
+        format!("tenant:{}", tenant.id),
+        None,
+        after.clone(),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(after.unwrap_or_default())))
 }
 
 /// `GET /api/v1/tenants`: all for a global caller, otherwise one's own.
-pub async fn list_tenants(State(state): State<AppState>, Authed(who): AsViewer) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    Authed(who): AsViewer,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let items = match who.tenant_id {
         None => state.accounts.tenants().await?,
         Some(t) => state.accounts.tenant(t).await?.into_iter().collect(),
@@ -163,15 +219,32 @@ pub async fn create_api_key(
     let role: Role = req.role.parse().map_err(ApiError::Unprocessable)?;
     let tenant_id = who.tenant_id.or(req.tenant_id);
     if who.tenant_id.is_some() && req.tenant_id.is_some_and(|t| Some(t) != who.tenant_id) {
-        return Err(ApiError::Forbidden("you can only create keys in your own tenant".into()));
+        return Err(ApiError::Forbidden(
+            "you can only create keys in your own tenant".into(),
+        ));
     }
     let key = new_api_key();
     let stored = state
         .accounts
-        .create_api_key(req.name.trim(), &api_key_digest(&key), role, tenant_id, &who.name)
+        .create_api_key(
+            req.name.trim(),
+            &api_key_digest(&key),
+            role,
+            tenant_id,
+            &who.name,
+        )
         .await?;
     let after = serde_json::to_value(&stored).ok();
-    audit(&state, &who, &headers, "api_key.create", format!("api_key:{}", stored.id), None, after).await;
+    audit(
+        &state,
+        &who,
+        &headers,
+        "api_key.create",
+        format!("api_key:{}", stored.id),
+        None,
+        after,
+    )
+    .await;
     let mut body = serde_json::to_value(&stored).unwrap_or_default();
     body["key"] = json!(key);
     Ok((StatusCode::CREATED, Json(body)))
@@ -192,7 +265,9 @@ pub async fn provision_node(
     JsonBody(req): JsonBody<Provision>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     if !edgeqi_shared::topic::is_valid_node_id(&req.node_id) {
-        return Err(ApiError::Unprocessable("node_id must match [A-Za-z0-9_-]{1,64}".into()));
+        return Err(ApiError::Unprocessable(
+            "node_id must match [A-Za-z0-9_-]{1,64}".into(),
+        ));
     }
     let tenant = who
         .tenant_id
@@ -206,7 +281,16 @@ pub async fn provision_node(
     }
     state.accounts.set_node_tenant(&req.node_id, tenant).await?;
     let after = json!({"node_id": req.node_id, "tenant_id": tenant});
-    audit(&state, &who, &headers, "node.provision", format!("node:{}", req.node_id), None, Some(after.clone())).await;
+    audit(
+        &state,
+        &who,
+        &headers,
+        "node.provision",
+        format!("node:{}", req.node_id),
+        None,
+        Some(after.clone()),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(after)))
 }
 
@@ -223,13 +307,22 @@ pub async fn audit_log(
     Query(p): Query<AuditParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    let items = state.accounts.audit_log(who.scope(), limit, p.cursor).await?;
-    let next = (items.len() == limit).then(|| items.last().map(|e| e.id)).flatten();
+    let items = state
+        .accounts
+        .audit_log(who.scope(), limit, p.cursor)
+        .await?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|e| e.id))
+        .flatten();
     Ok(Json(json!({ "items": items, "next_cursor": next })))
 }
 
 /// `GET /api/v1/users/{id}` (admin)
-pub async fn get_user(State(state): State<AppState>, Authed(who): AsAdmin, Path(id): Path<i64>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn get_user(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let user = state
         .accounts
         .user(id)

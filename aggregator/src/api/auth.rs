@@ -11,8 +11,8 @@ use std::sync::Arc;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::Json;
 use chrono::{Duration, Utc};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -59,7 +59,10 @@ impl std::fmt::Debug for AuthKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthKeys")
             .field("token_ttl", &self.token_ttl)
-            .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "***"))
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "***"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -95,7 +98,11 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 }
 
 fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 /// SHA-256 of an API key, hex: what is stored instead of the key.
@@ -111,7 +118,10 @@ pub fn api_key_digest(key: &str) -> String {
 pub fn new_api_key() -> String {
     let mut bytes = [0u8; 24];
     rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
-    format!("{API_KEY_PREFIX}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "{API_KEY_PREFIX}{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte from timings.
@@ -124,7 +134,10 @@ fn bearer(parts: &Parts) -> Option<String> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|t| t.trim().to_owned());
     from_header.or_else(|| {
         parts.uri.query().and_then(|q| {
@@ -140,18 +153,37 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Ap
     let keys = &state.auth;
     if let Some(boot) = &keys.bootstrap_token {
         if same_secret(token.as_bytes(), boot.as_bytes()) {
-            return Ok(Principal { name: "bootstrap-admin".into(), user_id: None, role: Role::Admin, tenant_id: None });
+            return Ok(Principal {
+                name: "bootstrap-admin".into(),
+                user_id: None,
+                role: Role::Admin,
+                tenant_id: None,
+            });
         }
     }
     if token.starts_with(API_KEY_PREFIX) {
-        let key = state.accounts.api_key_by_hash(&api_key_digest(token)).await?;
+        let key = state
+            .accounts
+            .api_key_by_hash(&api_key_digest(token))
+            .await?;
         return key
-            .map(|k| Principal { name: format!("api-key:{}", k.name), user_id: None, role: k.role, tenant_id: k.tenant_id })
+            .map(|k| Principal {
+                name: format!("api-key:{}", k.name),
+                user_id: None,
+                role: k.role,
+                tenant_id: k.tenant_id,
+            })
             .ok_or(ApiError::Unauthorized);
     }
-    let data = decode::<Claims>(token, &keys.decoding, &Validation::new(Algorithm::HS256)).map_err(|_| ApiError::Unauthorized)?;
+    let data = decode::<Claims>(token, &keys.decoding, &Validation::new(Algorithm::HS256))
+        .map_err(|_| ApiError::Unauthorized)?;
     let c = data.claims;
-    Ok(Principal { name: c.name, user_id: Some(c.sub), role: c.role, tenant_id: c.tenant })
+    Ok(Principal {
+        name: c.name,
+        user_id: Some(c.sub),
+        role: c.role,
+        tenant_id: c.tenant,
+    })
 }
 
 /// Extracts the caller and requires at least role `MIN` (0 viewer, 1 operator, 2 admin).
@@ -176,12 +208,18 @@ const fn min_role(min: u8) -> Role {
 impl<const MIN: u8> FromRequestParts<AppState> for Authed<MIN> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let principal = authenticate(state, &token).await?;
         let needed = min_role(MIN);
         if principal.role < needed {
-            return Err(ApiError::Forbidden(format!("this needs the {needed} role; you are {}", principal.role)));
+            return Err(ApiError::Forbidden(format!(
+                "this needs the {needed} role; you are {}",
+                principal.role
+            )));
         }
         Ok(Authed(principal))
     }
@@ -210,8 +248,13 @@ fn issue_token(keys: &AuthKeys, user: &User) -> Result<serde_json::Value, ApiErr
 }
 
 /// `POST /api/v1/auth/login`
-pub async fn login(State(state): State<AppState>, body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::BadRequest(format!("expected {{\"username\",\"password\"}}: {e}")))?;
+pub async fn login(
+    State(state): State<AppState>,
+    body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::BadRequest(format!("expected {{\"username\",\"password\"}}: {e}"))
+    })?;
     let found = state.accounts.user_with_hash(&req.username).await?;
     // Verify against a dummy hash when the user is unknown, so timing does not reveal which usernames exist.
     let (user, hash) = match found {
@@ -241,9 +284,18 @@ fn dummy_hash() -> &'static str {
 }
 
 /// `POST /api/v1/auth/refresh`: a fresh token for a signed-in user.
-pub async fn refresh(State(state): State<AppState>, Authed(p): AsViewer) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = p.user_id.ok_or_else(|| ApiError::BadRequest("only user sessions can be refreshed".into()))?;
-    let user = state.accounts.user(id).await?.ok_or(ApiError::Unauthorized)?;
+pub async fn refresh(
+    State(state): State<AppState>,
+    Authed(p): AsViewer,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = p
+        .user_id
+        .ok_or_else(|| ApiError::BadRequest("only user sessions can be refreshed".into()))?;
+    let user = state
+        .accounts
+        .user(id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     Ok(Json(issue_token(&state.auth, &user)?))
 }
 
@@ -254,7 +306,10 @@ pub async fn me(Authed(p): AsViewer) -> Json<Principal> {
 
 /// Ensures someone can sign in: with no users and no bootstrap token, the
 /// first start creates `admin` with a random password and prints it once.
-pub async fn bootstrap_admin(accounts: &Arc<dyn AccountStore>, has_bootstrap_token: bool) -> anyhow::Result<()> {
+pub async fn bootstrap_admin(
+    accounts: &Arc<dyn AccountStore>,
+    has_bootstrap_token: bool,
+) -> anyhow::Result<()> {
     if has_bootstrap_token || accounts.user_count().await? > 0 {
         return Ok(());
     }

@@ -118,11 +118,7 @@ fn serve(path: &str, req_headers: &HeaderMap) -> Response {
     let mut resp = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, asset.content_type)],
-            asset.body,
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, asset.content_type)], asset.body).into_response()
     };
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -180,11 +176,7 @@ mod tests {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
-        (
-            status,
-            headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
     }
 
     #[tokio::test]

@@ -23,7 +23,10 @@ pub struct EventParams {
 fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
     let bad = || ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"));
     let (ts, id) = c.split_once('.').ok_or_else(bad)?;
-    Ok((i64::from_str_radix(ts, 16).map_err(|_| bad())?, id.to_owned()))
+    Ok((
+        i64::from_str_radix(ts, 16).map_err(|_| bad())?,
+        id.to_owned(),
+    ))
 }
 
 /// `GET /api/v1/events`: appeared/left/zone/line events, newest first.
@@ -76,7 +79,12 @@ pub async fn snapshot(
 }
 
 /// `GET /api/v1/stats/lines`: crossings per line, class and direction.
-pub async fn lines(State(state): State<AppState>, Authed(who): AsViewer) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn lines(
+    State(state): State<AppState>,
+    Authed(who): AsViewer,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let nodes = visible_nodes(&state, &who).await?;
-    Ok(Json(json!({ "items": state.events.line_totals(nodes).await? })))
+    Ok(Json(
+        json!({ "items": state.events.line_totals(nodes).await? }),
+    ))
 }

@@ -20,7 +20,10 @@ use super::admin::{audit, remote_addr};
 use super::auth::{AsOperator, AsViewer, Authed, Principal};
 use super::{ApiError, AppState, JsonBody};
 use crate::incidents::service::severity;
-use crate::incidents::{area_scores, Incident, IncidentChange, IncidentError, IncidentFilter, NewIncident, Report, Status};
+use crate::incidents::{
+    area_scores, Incident, IncidentChange, IncidentError, IncidentFilter, NewIncident, Report,
+    Status,
+};
 use crate::live::LiveEvent;
 
 impl From<IncidentError> for ApiError {
@@ -40,12 +43,23 @@ pub struct ClientAddr(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let socket = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-        Ok(ClientAddr(remote_addr(&parts.headers).or(socket).unwrap_or_else(|| "unknown".into())))
+        let socket = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        Ok(ClientAddr(
+            remote_addr(&parts.headers)
+                .or(socket)
+                .unwrap_or_else(|| "unknown".into()),
+        ))
     }
 }
 
-async fn visible_incident(state: &AppState, who: &Principal, id: i64) -> Result<Incident, ApiError> {
+async fn visible_incident(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+) -> Result<Incident, ApiError> {
     state
         .incidents
         .store
@@ -70,14 +84,27 @@ pub async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    let status = p.status.as_deref().map(str::parse::<Status>).transpose().map_err(ApiError::BadRequest)?;
+    let status = p
+        .status
+        .as_deref()
+        .map(str::parse::<Status>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let items = state
         .incidents
         .store
-        .incidents(&IncidentFilter { tenant_id: who.scope(), status, category: p.category, limit, before_id: p.cursor })
+        .incidents(&IncidentFilter {
+            tenant_id: who.scope(),
+            status,
+            category: p.category,
+            limit,
+            before_id: p.cursor,
+        })
         .await?;
     let now = Utc::now();
-    let next = (items.len() == limit).then(|| items.last().map(|i| i.id)).flatten();
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|i| i.id))
+        .flatten();
     Ok(Json(json!({
         "items": items.iter().map(|i| i.to_json(now)).collect::<Vec<_>>(),
         "next_cursor": next,
@@ -94,7 +121,10 @@ pub async fn get(
     let mut v = incident.to_json(Utc::now());
     v["comments"] = json!(state.incidents.store.comments(id).await?);
     v["reports"] = json!(state.incidents.store.reports_of(id).await?);
-    v["sla"] = json!(state.incidents.sla.sla(&incident.category, incident.severity));
+    v["sla"] = json!(state
+        .incidents
+        .sla
+        .sla(&incident.category, incident.severity));
     Ok(Json(v))
 }
 
@@ -115,17 +145,37 @@ pub async fn patch(
     JsonBody(p): JsonBody<Patch>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     visible_incident(&state, &who, id).await?;
-    let status = p.status.as_deref().map(str::parse::<Status>).transpose().map_err(ApiError::Unprocessable)?;
-    if p.comment.as_ref().is_some_and(|c| c.trim().is_empty() || c.len() > 10_000) {
-        return Err(ApiError::Unprocessable("comment must be 1-10000 characters".into()));
+    let status = p
+        .status
+        .as_deref()
+        .map(str::parse::<Status>)
+        .transpose()
+        .map_err(ApiError::Unprocessable)?;
+    if p.comment
+        .as_ref()
+        .is_some_and(|c| c.trim().is_empty() || c.len() > 10_000)
+    {
+        return Err(ApiError::Unprocessable(
+            "comment must be 1-10000 characters".into(),
+        ));
     }
     if status.is_none() && p.assignee.is_none() && p.comment.is_none() {
-        return Err(ApiError::Unprocessable("give at least one of status, assignee, comment".into()));
+        return Err(ApiError::Unprocessable(
+            "give at least one of status, assignee, comment".into(),
+        ));
     }
     let (before, after) = state
         .incidents
         .store
-        .change(id, IncidentChange { status, assignee: p.assignee, comment: p.comment.clone() }, &who.name)
+        .change(
+            id,
+            IncidentChange {
+                status,
+                assignee: p.assignee,
+                comment: p.comment.clone(),
+            },
+            &who.name,
+        )
         .await?;
     let now = Utc::now();
     audit(
@@ -148,10 +198,20 @@ pub async fn photo(
     Authed(who): AsViewer,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let report = state.incidents.store.report(&id).await?.filter(|r| who.can_access(r.tenant_id));
+    let report = state
+        .incidents
+        .store
+        .report(&id)
+        .await?
+        .filter(|r| who.can_access(r.tenant_id));
     let not_found = || ApiError::NotFound(format!("no report {id:?}"));
     report.ok_or_else(not_found)?;
-    let (bytes, ctype) = state.incidents.store.report_photo(&id).await?.ok_or_else(not_found)?;
+    let (bytes, ctype) = state
+        .incidents
+        .store
+        .report_photo(&id)
+        .await?
+        .ok_or_else(not_found)?;
     Ok(([(header::CONTENT_TYPE, ctype)], bytes).into_response())
 }
 
@@ -170,7 +230,11 @@ fn coordinate(name: &str, v: Option<&str>, limit: f64) -> Result<f64, ApiError> 
         .parse::<f64>()
         .ok()
         .filter(|x| x.is_finite() && x.abs() <= limit)
-        .ok_or_else(|| ApiError::Unprocessable(format!("{name}={v:?} must be a number in [-{limit}, {limit}]")))
+        .ok_or_else(|| {
+            ApiError::Unprocessable(format!(
+                "{name}={v:?} must be a number in [-{limit}, {limit}]"
+            ))
+        })
 }
 
 /// `POST /api/v1/reports` (public): multipart `photo`, `lat`, `lng`, `notes`.
@@ -182,10 +246,14 @@ pub async fn create_report(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let svc = &state.incidents;
     if let Err(wait) = svc.report_limiter.check(&client) {
-        return Err(ApiError::TooManyRequests(format!("too many reports from {client}; try again in {wait} s")));
+        return Err(ApiError::TooManyRequests(format!(
+            "too many reports from {client}; try again in {wait} s"
+        )));
     }
     let mut multipart = multipart.map_err(|_| {
-        ApiError::UnsupportedMediaType("send multipart/form-data with fields photo, lat, lng, notes".into())
+        ApiError::UnsupportedMediaType(
+            "send multipart/form-data with fields photo, lat, lng, notes".into(),
+        )
     })?;
     let mut form = ReportForm::default();
     loop {
@@ -193,36 +261,64 @@ pub async fn create_report(
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::PayloadTooLarge(format!("a report may be at most {} bytes", svc.max_photo_bytes)))
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "a report may be at most {} bytes",
+                    svc.max_photo_bytes
+                )))
             }
-            Err(e) => return Err(ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))),
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "malformed multipart body: {}",
+                    e.body_text()
+                )))
+            }
         };
         let name = field.name().unwrap_or_default().to_owned();
         let data = field.bytes().await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!("a report may be at most {} bytes", svc.max_photo_bytes))
+                ApiError::PayloadTooLarge(format!(
+                    "a report may be at most {} bytes",
+                    svc.max_photo_bytes
+                ))
             } else {
                 ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
             }
         })?;
-        let text = || String::from_utf8(data.to_vec()).map_err(|_| ApiError::Unprocessable(format!("{name} must be UTF-8 text")));
+        let text = || {
+            String::from_utf8(data.to_vec())
+                .map_err(|_| ApiError::Unprocessable(format!("{name} must be UTF-8 text")))
+        };
         match name.as_str() {
             "photo" => form.photo = Some(data.clone()),
             "lat" => form.lat = Some(text()?),
             "lng" => form.lng = Some(text()?),
             "notes" => form.notes = Some(text()?),
-            other => return Err(ApiError::Unprocessable(format!("unknown field {other:?}; use photo, lat, lng, notes"))),
+            other => {
+                return Err(ApiError::Unprocessable(format!(
+                    "unknown field {other:?}; use photo, lat, lng, notes"
+                )))
+            }
         }
     }
     let lat = coordinate("lat", form.lat.as_deref(), 90.0)?;
     let lng = coordinate("lng", form.lng.as_deref(), 180.0)?;
-    let notes = form.notes.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    let notes = form
+        .notes
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
     if notes.as_ref().is_some_and(|n| n.chars().count() > 2000) {
-        return Err(ApiError::Unprocessable("notes may be at most 2000 characters".into()));
+        return Err(ApiError::Unprocessable(
+            "notes may be at most 2000 characters".into(),
+        ));
     }
-    let photo = form.photo.ok_or_else(|| ApiError::Unprocessable("photo is required".into()))?;
+    let photo = form
+        .photo
+        .ok_or_else(|| ApiError::Unprocessable("photo is required".into()))?;
     if photo.len() > svc.max_photo_bytes {
-        return Err(ApiError::PayloadTooLarge(format!("the photo may be at most {} bytes", svc.max_photo_bytes)));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the photo may be at most {} bytes",
+            svc.max_photo_bytes
+        )));
     }
     // An image is what decodes as one, whatever the client called it.
     let format = image::guess_format(&photo)
@@ -231,13 +327,18 @@ pub async fn create_report(
         .ok_or_else(|| ApiError::Unprocessable("photo must be a JPEG or PNG image".into()))?;
     // Decoders fill a cut-off JPEG with grey; a real photo ends with its EOI
     // marker (0xFF 0xD9 cannot occur inside entropy-coded data).
-    if format == image::ImageFormat::Jpeg && !photo[photo.len().saturating_sub(4096)..].windows(2).any(|w| w == [0xFF, 0xD9]) {
+    if format == image::ImageFormat::Jpeg
+        && !photo[photo.len().saturating_sub(4096)..]
+            .windows(2)
+            .any(|w| w == [0xFF, 0xD9])
+    {
         return Err(ApiError::Unprocessable("photo is a truncated JPEG".into()));
     }
     let analyzer = svc.analyzer.clone();
     let bytes = photo.clone();
     let analysis = tokio::task::spawn_blocking(move || {
-        let img = image::load_from_memory_with_format(&bytes, format).map_err(|e| format!("photo does not decode: {e}"))?;
+        let img = image::load_from_memory_with_format(&bytes, format)
+            .map_err(|e| format!("photo does not decode: {e}"))?;
         let rgb = img.to_rgb8();
         let objects = match &analyzer {
             Some(a) => a.analyze(&rgb)?,
@@ -249,7 +350,10 @@ pub async fn create_report(
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     let (width, height, objects) = analysis.map_err(ApiError::Unprocessable)?;
     let (category, best) = svc.categories.classify(&objects);
-    let same = objects.iter().filter(|o| svc.categories.by_label.get(&o.label) == Some(&category)).count();
+    let same = objects
+        .iter()
+        .filter(|o| svc.categories.by_label.get(&o.label) == Some(&category))
+        .count();
     let sev = severity(best, same, width, height);
     let title = match best {
         Some(o) => format!("{category}: {} reported", o.label),
@@ -276,7 +380,13 @@ pub async fn create_report(
     rand::Rng::fill(&mut rand::rng(), &mut id_bytes[..]);
     let detections = json!(objects);
     let report = Report {
-        id: format!("rpt_{}", id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        id: format!(
+            "rpt_{}",
+            id_bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
         incident_id: incident.id,
         tenant_id: svc.report_tenant,
         lat,
@@ -287,14 +397,36 @@ pub async fn create_report(
         detections: detections.clone(),
         created_at: Utc::now(),
     };
-    let ctype = if format == image::ImageFormat::Png { "image/png" } else { "image/jpeg" };
+    let ctype = if format == image::ImageFormat::Png {
+        "image/png"
+    } else {
+        "image/jpeg"
+    };
     svc.store.add_report(&report, &photo, ctype).await?;
     let now = Utc::now();
     metrics::counter!("edgeqi_reports_total", "category" => category.clone()).increment(1);
     tracing::info!(report = %report.id, incident = incident.id, created, %category, severity = sev.as_str(), %client, "citizen report");
-    let who = Principal { name: format!("citizen@{client}"), user_id: None, role: crate::accounts::Role::Viewer, tenant_id: svc.report_tenant };
-    let action = if created { "incident.create" } else { "incident.join" };
-    audit(&state, &who, &headers, action, format!("incident:{}", incident.id), None, Some(json!({"report": report.id}))).await;
+    let who = Principal {
+        name: format!("citizen@{client}"),
+        user_id: None,
+        role: crate::accounts::Role::Viewer,
+        tenant_id: svc.report_tenant,
+    };
+    let action = if created {
+        "incident.create"
+    } else {
+        "incident.join"
+    };
+    audit(
+        &state,
+        &who,
+        &headers,
+        action,
+        format!("incident:{}", incident.id),
+        None,
+        Some(json!({"report": report.id})),
+    )
+    .await;
     state.live.send(LiveEvent::Incident(incident.to_json(now)));
     Ok((
         StatusCode::CREATED,
@@ -312,13 +444,26 @@ pub async fn create_report(
 }
 
 /// `GET /api/v1/status/{id}` (public): where a citizen's report stands.
-pub async fn report_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn report_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no report {id:?}"));
     if !id.starts_with("rpt_") || id.len() > 64 {
         return Err(not_found());
     }
-    let report = state.incidents.store.report(&id).await?.ok_or_else(not_found)?;
-    let incident = state.incidents.store.incident(report.incident_id).await?.ok_or_else(not_found)?;
+    let report = state
+        .incidents
+        .store
+        .report(&id)
+        .await?
+        .ok_or_else(not_found)?;
+    let incident = state
+        .incidents
+        .store
+        .incident(report.incident_id)
+        .await?
+        .ok_or_else(not_found)?;
     Ok(Json(json!({
         "id": report.id,
         "status": incident.status,
@@ -342,10 +487,14 @@ pub async fn areas(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let cell = p.cell_deg.unwrap_or(0.01);
     if !(0.0001..=10.0).contains(&cell) {
-        return Err(ApiError::BadRequest("cell_deg must be in [0.0001, 10]".into()));
+        return Err(ApiError::BadRequest(
+            "cell_deg must be in [0.0001, 10]".into(),
+        ));
     }
     let all = all_incidents(&state, &who).await?;
-    Ok(Json(json!({ "cell_deg": cell, "items": area_scores(&all, &state.incidents.sla, cell, Utc::now()) })))
+    Ok(Json(
+        json!({ "cell_deg": cell, "items": area_scores(&all, &state.incidents.sla, cell, Utc::now()) }),
+    ))
 }
 
 async fn all_incidents(state: &AppState, who: &Principal) -> Result<Vec<Incident>, ApiError> {
@@ -355,7 +504,12 @@ async fn all_incidents(state: &AppState, who: &Principal) -> Result<Vec<Incident
         let page = state
             .incidents
             .store
-            .incidents(&IncidentFilter { tenant_id: who.scope(), limit: 1000, before_id: before, ..Default::default() })
+            .incidents(&IncidentFilter {
+                tenant_id: who.scope(),
+                limit: 1000,
+                before_id: before,
+                ..Default::default()
+            })
             .await?;
         let done = page.len() < 1000;
         before = page.last().map(|i| i.id);
@@ -367,7 +521,10 @@ async fn all_incidents(state: &AppState, who: &Principal) -> Result<Vec<Incident
 }
 
 /// `GET /api/v1/analytics/incidents`: counts by category, severity and status.
-pub async fn incident_stats(State(state): State<AppState>, Authed(who): AsViewer) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn incident_stats(
+    State(state): State<AppState>,
+    Authed(who): AsViewer,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let all = all_incidents(&state, &who).await?;
     let now = Utc::now();
     let mut by_category = std::collections::BTreeMap::<String, u64>::new();

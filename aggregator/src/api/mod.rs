@@ -22,10 +22,10 @@ use crate::store::{DetectionQuery, Store};
 
 pub mod admin;
 pub mod auth;
-pub mod events;
-pub mod incidents;
 mod dashboard;
 mod error;
+pub mod events;
+pub mod incidents;
 mod ws;
 
 use auth::{AsViewer, Authed, Principal};
@@ -65,9 +65,9 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
                 "send Content-Type: application/json".into(),
             )),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge(format!("the body is over {MAX_JSON_BODY} bytes")))
-            }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+                ApiError::PayloadTooLarge(format!("the body is over {MAX_JSON_BODY} bytes")),
+            ),
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
     }
@@ -82,7 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/me", get(auth::me))
         .route("/users", get(admin::list_users).post(admin::create_user))
         .route("/users/{id}", get(admin::get_user))
-        .route("/tenants", get(admin::list_tenants).post(admin::create_tenant))
+        .route(
+            "/tenants",
+            get(admin::list_tenants).post(admin::create_tenant),
+        )
         .route("/api-keys", post(admin::create_api_key))
         .route("/audit", get(admin::audit_log))
         .route("/nodes", get(list_nodes).post(admin::provision_node))
@@ -97,10 +100,14 @@ pub fn router(state: AppState) -> Router {
         .route("/events/{id}/snapshot", get(events::snapshot))
         .route("/stats/lines", get(events::lines))
         .route("/incidents", get(incidents::list))
-        .route("/incidents/{id}", get(incidents::get).patch(incidents::patch))
+        .route(
+            "/incidents/{id}",
+            get(incidents::get).patch(incidents::patch),
+        )
         .route(
             "/reports",
-            post(incidents::create_report).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BODY)),
+            post(incidents::create_report)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BODY)),
         )
         .route("/reports/{id}/photo", get(incidents::photo))
         .route("/status/{id}", get(incidents::report_status))
@@ -119,16 +126,25 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The nodes a caller may see: `None` for everything (global callers).
-pub(crate) async fn visible_nodes(state: &AppState, who: &Principal) -> Result<Option<Vec<String>>, ApiError> {
+pub(crate) async fn visible_nodes(
+    state: &AppState,
+    who: &Principal,
+) -> Result<Option<Vec<String>>, ApiError> {
     match who.scope() {
         None => Ok(None),
         Some(t) => Ok(Some(state.accounts.tenant_nodes(t).await?)),
     }
 }
 
-async fn ensure_node_visible(state: &AppState, who: &Principal, node_id: &str) -> Result<(), ApiError> {
+async fn ensure_node_visible(
+    state: &AppState,
+    who: &Principal,
+    node_id: &str,
+) -> Result<(), ApiError> {
     match visible_nodes(state, who).await? {
-        Some(nodes) if !nodes.iter().any(|n| n == node_id) => Err(ApiError::NotFound(format!("no node {node_id:?}"))),
+        Some(nodes) if !nodes.iter().any(|n| n == node_id) => {
+            Err(ApiError::NotFound(format!("no node {node_id:?}")))
+        }
         _ => Ok(()),
     }
 }
@@ -173,7 +189,10 @@ fn node_json(n: &crate::store::NodeRecord, now: DateTime<Utc>) -> serde_json::Va
 }
 
 #[tracing::instrument(skip_all)]
-async fn list_nodes(State(state): State<AppState>, Authed(who): AsViewer) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_nodes(
+    State(state): State<AppState>,
+    Authed(who): AsViewer,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let now = Utc::now();
     let mut nodes = state.store.nodes().await?;
     if let Some(visible) = visible_nodes(&state, &who).await? {
@@ -302,7 +321,10 @@ async fn list_detections(
 }
 
 #[tracing::instrument(skip_all)]
-async fn summary(State(state): State<AppState>, Authed(who): AsViewer) -> Result<Json<crate::store::Summary>, ApiError> {
+async fn summary(
+    State(state): State<AppState>,
+    Authed(who): AsViewer,
+) -> Result<Json<crate::store::Summary>, ApiError> {
     Ok(Json(match visible_nodes(&state, &who).await? {
         None => state.store.summary(Utc::now()).await?,
         Some(nodes) => state.store.summary_for(Utc::now(), &nodes).await?,

@@ -72,7 +72,10 @@ async fn send(
         .expect("response");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// GET as the bootstrap admin unless another token is given.
@@ -121,9 +124,15 @@ async fn token_guards_the_api_but_not_health() {
         StatusCode::OK
     );
     assert_eq!(
-        send(&f.state, "GET", "/api/v1/stats/summary?access_token=s3cret", None, None)
-            .await
-            .0,
+        send(
+            &f.state,
+            "GET",
+            "/api/v1/stats/summary?access_token=s3cret",
+            None,
+            None
+        )
+        .await
+        .0,
         StatusCode::OK
     );
     assert_eq!(get(&f.state, "/healthz", None).await.0, StatusCode::OK);
@@ -262,7 +271,11 @@ async fn login(state: &AppState, user: &str, password: &str) -> (StatusCode, ser
     .await
 }
 
-async fn create_user(state: &AppState, token: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+async fn create_user(
+    state: &AppState,
+    token: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
     send(state, "POST", "/api/v1/users", Some(token), Some(body)).await
 }
 
@@ -270,44 +283,85 @@ async fn create_user(state: &AppState, token: &str, body: serde_json::Value) -> 
 async fn login_roles_and_refresh() {
     let f = fixture();
     let s = &f.state;
-    let (status, tenant) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({"name": "city-a"}))).await;
+    let (status, tenant) = send(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "city-a"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{tenant}");
     let t = tenant["id"].as_i64().expect("tenant id");
     let (status, user) = create_user(s, ADMIN, serde_json::json!({"username": "vera", "password": "viewer-pass", "role": "viewer", "tenant_id": t})).await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
-    assert!(user.get("password_hash").is_none(), "hashes never leave the server");
+    assert!(
+        user.get("password_hash").is_none(),
+        "hashes never leave the server"
+    );
     // Duplicate usernames are a conflict, bad roles unprocessable.
     let (status, _) = create_user(s, ADMIN, serde_json::json!({"username": "vera", "password": "viewer-pass", "role": "viewer", "tenant_id": t})).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let (status, body) = create_user(s, ADMIN, serde_json::json!({"username": "x", "password": "long-enough", "role": "god", "tenant_id": t})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
-    assert_eq!(login(s, "vera", "wrong-pass").await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(login(s, "nobody", "viewer-pass").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login(s, "vera", "wrong-pass").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(s, "nobody", "viewer-pass").await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, session) = login(s, "vera", "viewer-pass").await;
     assert_eq!(status, StatusCode::OK, "{session}");
     let token = session["token"].as_str().expect("token").to_owned();
     assert_eq!(session["user"]["role"], "viewer");
 
     let (status, me) = get(s, "/api/v1/auth/me", Some(&token)).await;
-    assert_eq!((status, me["role"].as_str()), (StatusCode::OK, Some("viewer")));
+    assert_eq!(
+        (status, me["role"].as_str()),
+        (StatusCode::OK, Some("viewer"))
+    );
     // A viewer reads but cannot administer.
-    assert_eq!(get(s, "/api/v1/nodes", Some(&token)).await.0, StatusCode::OK);
-    let (status, body) = create_user(s, &token, serde_json::json!({"username": "eve", "password": "12345678", "role": "admin"})).await;
+    assert_eq!(
+        get(s, "/api/v1/nodes", Some(&token)).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = create_user(
+        s,
+        &token,
+        serde_json::json!({"username": "eve", "password": "12345678", "role": "admin"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
-    assert_eq!(get(s, "/api/v1/audit", Some(&token)).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(get(s, "/api/v1/dead-letters", Some(&token)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(s, "/api/v1/audit", Some(&token)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(s, "/api/v1/dead-letters", Some(&token)).await.0,
+        StatusCode::FORBIDDEN
+    );
     // Tampered tokens are refused.
     let tampered = format!("{}x", token);
-    assert_eq!(get(s, "/api/v1/nodes", Some(&tampered)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(s, "/api/v1/nodes", Some(&tampered)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, fresh) = send(s, "POST", "/api/v1/auth/refresh", Some(&token), None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(fresh["token"].is_string());
 
     // Every mutation above is in the audit log, with who did it.
     let (_, audit) = get(s, "/api/v1/audit", None).await;
-    let actions: Vec<&str> = audit["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
     assert_eq!(actions, ["user.create", "tenant.create"]);
     assert_eq!(audit["items"][0]["actor"], "bootstrap-admin");
     assert_eq!(audit["items"][0]["after"]["username"], "vera");
@@ -340,9 +394,23 @@ async fn tenants_see_only_their_nodes() {
     s.store.ingest_batch(&other).await.expect("ingest");
     let mut tenant_ids = Vec::new();
     for (name, node) in [("a", "gate-01"), ("b", "other-01")] {
-        let (_, t) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({"name": name}))).await;
+        let (_, t) = send(
+            s,
+            "POST",
+            "/api/v1/tenants",
+            Some(ADMIN),
+            Some(serde_json::json!({"name": name})),
+        )
+        .await;
         let t = t["id"].as_i64().expect("id");
-        let (status, body) = send(s, "POST", "/api/v1/nodes", Some(ADMIN), Some(serde_json::json!({"node_id": node, "tenant_id": t}))).await;
+        let (status, body) = send(
+            s,
+            "POST",
+            "/api/v1/nodes",
+            Some(ADMIN),
+            Some(serde_json::json!({"node_id": node, "tenant_id": t})),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         tenant_ids.push(t);
     }
@@ -351,16 +419,33 @@ async fn tenants_see_only_their_nodes() {
     let token = session["token"].as_str().expect("token").to_owned();
 
     let (_, nodes) = get(s, "/api/v1/nodes", Some(&token)).await;
-    let ids: Vec<&str> = nodes["items"].as_array().expect("items").iter().filter_map(|n| n["node_id"].as_str()).collect();
+    let ids: Vec<&str> = nodes["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
     assert_eq!(ids, ["other-01"]);
-    assert_eq!(get(s, "/api/v1/nodes/gate-01", Some(&token)).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(get(s, "/api/v1/nodes/gate-01/ledger", Some(&token)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(s, "/api/v1/nodes/gate-01", Some(&token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(s, "/api/v1/nodes/gate-01/ledger", Some(&token)).await.0,
+        StatusCode::NOT_FOUND
+    );
     let (_, dets) = get(s, "/api/v1/detections?limit=100", Some(&token)).await;
     assert_eq!(dets["items"].as_array().expect("items").len(), 1);
     let (_, dets) = get(s, "/api/v1/detections?node_id=gate-01", Some(&token)).await;
     assert!(dets["items"].as_array().expect("items").is_empty());
     let (_, sum) = get(s, "/api/v1/stats/summary", Some(&token)).await;
-    assert_eq!((sum["detections_total"].as_u64(), sum["nodes_total"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            sum["detections_total"].as_u64(),
+            sum["nodes_total"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
     let (_, tenants) = get(s, "/api/v1/tenants", Some(&token)).await;
     assert_eq!(tenants["items"].as_array().expect("items").len(), 1);
     // The global admin sees everything.
@@ -372,12 +457,25 @@ async fn tenants_see_only_their_nodes() {
 async fn api_keys_and_bad_request_bodies() {
     let f = fixture();
     let s = &f.state;
-    let (status, key) = send(s, "POST", "/api/v1/api-keys", Some(ADMIN), Some(serde_json::json!({"name": "grafana", "role": "viewer"}))).await;
+    let (status, key) = send(
+        s,
+        "POST",
+        "/api/v1/api-keys",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "grafana", "role": "viewer"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
     let k = key["key"].as_str().expect("key").to_owned();
     assert!(k.starts_with("eqk_"));
-    assert_eq!(get(s, "/api/v1/stats/summary", Some(&k)).await.0, StatusCode::OK);
-    assert_eq!(get(s, "/api/v1/stats/summary", Some("eqk_0000")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(s, "/api/v1/stats/summary", Some(&k)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(s, "/api/v1/stats/summary", Some("eqk_0000")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Wrong content type, broken JSON, unknown fields, huge body: error objects.
     let req = Request::post("/api/v1/users")
@@ -403,7 +501,14 @@ async fn api_keys_and_bad_request_bodies() {
     let (status, body) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(huge)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     // SQL-looking input is just data.
-    let (status, t) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({"name": "x'); DROP TABLE users;--"}))).await;
+    let (status, t) = send(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "x'); DROP TABLE users;--"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(t["name"], "x'); DROP TABLE users;--");
 }
@@ -411,10 +516,18 @@ async fn api_keys_and_bad_request_bodies() {
 #[tokio::test]
 async fn first_start_creates_one_admin() {
     let f = fixture();
-    auth::bootstrap_admin(&f.state.accounts, false).await.expect("bootstrap");
+    auth::bootstrap_admin(&f.state.accounts, false)
+        .await
+        .expect("bootstrap");
     assert_eq!(f.state.accounts.user_count().await.expect("count"), 1);
-    auth::bootstrap_admin(&f.state.accounts, false).await.expect("second start");
-    assert_eq!(f.state.accounts.user_count().await.expect("count"), 1, "only on the very first start");
+    auth::bootstrap_admin(&f.state.accounts, false)
+        .await
+        .expect("second start");
+    assert_eq!(
+        f.state.accounts.user_count().await.expect("count"),
+        1,
+        "only on the very first start"
+    );
 }
 
 fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
@@ -435,7 +548,10 @@ fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-async fn post_report(state: &AppState, fields: &[(&str, Option<&str>, &[u8])]) -> (StatusCode, serde_json::Value) {
+async fn post_report(
+    state: &AppState,
+    fields: &[(&str, Option<&str>, &[u8])],
+) -> (StatusCode, serde_json::Value) {
     let (ctype, body) = multipart(fields);
     let req = Request::post("/api/v1/reports")
         .header("content-type", ctype)
@@ -445,12 +561,18 @@ async fn post_report(state: &AppState, fields: &[(&str, Option<&str>, &[u8])]) -
     let resp = router(state.clone()).oneshot(req).await.expect("resp");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 fn test_photo() -> Vec<u8> {
-    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/bus.jpg"))
-        .expect("../shared/testdata/bus.jpg beside the checkout")
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/bus.jpg"
+    ))
+    .expect("../shared/testdata/bus.jpg beside the checkout")
 }
 
 #[tokio::test]
@@ -458,52 +580,131 @@ async fn citizen_report_becomes_an_incident_and_walks_the_lifecycle() {
     let f = fixture();
     let s = &f.state;
     let photo = test_photo();
-    let (status, rep) = post_report(s, &[("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.5200"), ("lng", None, b"13.4050"), ("notes", None, b"blocked lane")]).await;
+    let (status, rep) = post_report(
+        s,
+        &[
+            ("photo", Some("bus.jpg"), &photo),
+            ("lat", None, b"52.5200"),
+            ("lng", None, b"13.4050"),
+            ("notes", None, b"blocked lane"),
+        ],
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{rep}");
     let incident_id = rep["incident_id"].as_i64().expect("incident");
     assert_eq!(rep["status"], "new");
     let report_id = rep["id"].as_str().expect("id").to_owned();
     // A second report 20 m away joins the same incident; one 5 km away does not.
-    let (_, near) = post_report(s, &[("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.52018"), ("lng", None, b"13.4050")]).await;
+    let (_, near) = post_report(
+        s,
+        &[
+            ("photo", Some("bus.jpg"), &photo),
+            ("lat", None, b"52.52018"),
+            ("lng", None, b"13.4050"),
+        ],
+    )
+    .await;
     assert_eq!(near["incident_id"].as_i64(), Some(incident_id), "{near}");
     assert_eq!(near["joined_existing"], true);
-    let (_, far) = post_report(s, &[("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.5650"), ("lng", None, b"13.4050")]).await;
+    let (_, far) = post_report(
+        s,
+        &[
+            ("photo", Some("bus.jpg"), &photo),
+            ("lat", None, b"52.5650"),
+            ("lng", None, b"13.4050"),
+        ],
+    )
+    .await;
     assert_ne!(far["incident_id"].as_i64(), Some(incident_id));
 
     // Public status, no login.
     let (status, st) = send(s, "GET", &format!("/api/v1/status/{report_id}"), None, None).await;
-    assert_eq!((status, st["status"].as_str()), (StatusCode::OK, Some("new")));
-    assert_eq!(send(s, "GET", "/api/v1/status/rpt_nope", None, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status, st["status"].as_str()),
+        (StatusCode::OK, Some("new"))
+    );
+    assert_eq!(
+        send(s, "GET", "/api/v1/status/rpt_nope", None, None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 
     // A viewer may look but not act.
-    let (_, t) = send(s, "POST", "/api/v1/tenants", Some(ADMIN), Some(serde_json::json!({"name": "t"}))).await;
+    let (_, t) = send(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "t"})),
+    )
+    .await;
     let t = t["id"].as_i64().expect("tenant");
     create_user(s, ADMIN, serde_json::json!({"username": "viv", "password": "viewer-pw", "role": "viewer", "tenant_id": t})).await;
-    create_user(s, ADMIN, serde_json::json!({"username": "ops", "password": "operator-pw", "role": "admin"})).await;
-    let viewer = login(s, "viv", "viewer-pw").await.1["token"].as_str().expect("token").to_owned();
-    let ops = login(s, "ops", "operator-pw").await.1["token"].as_str().expect("token").to_owned();
+    create_user(
+        s,
+        ADMIN,
+        serde_json::json!({"username": "ops", "password": "operator-pw", "role": "admin"}),
+    )
+    .await;
+    let viewer = login(s, "viv", "viewer-pw").await.1["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let ops = login(s, "ops", "operator-pw").await.1["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
     let path = format!("/api/v1/incidents/{incident_id}");
-    let (status, _) = send(s, "PATCH", &path, Some(&viewer), Some(serde_json::json!({"status": "acknowledged"}))).await;
+    let (status, _) = send(
+        s,
+        "PATCH",
+        &path,
+        Some(&viewer),
+        Some(serde_json::json!({"status": "acknowledged"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // The public incident belongs to no tenant: the tenant viewer does not see it.
     assert_eq!(get(s, &path, Some(&viewer)).await.0, StatusCode::NOT_FOUND);
 
     // Walk it: new → acknowledged → in_progress → resolved → closed, refusing a skip.
-    let (status, body) = send(s, "PATCH", &path, Some(&ops), Some(serde_json::json!({"status": "closed"}))).await;
+    let (status, body) = send(
+        s,
+        "PATCH",
+        &path,
+        Some(&ops),
+        Some(serde_json::json!({"status": "closed"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "conflict");
-    let (status, body) = send(s, "PATCH", &path, Some(&ops), Some(serde_json::json!({"status": "teleported"}))).await;
+    let (status, body) = send(
+        s,
+        "PATCH",
+        &path,
+        Some(&ops),
+        Some(serde_json::json!({"status": "teleported"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     for (next, extra) in [
         ("acknowledged", serde_json::json!({"assignee": "crew-7"})),
-        ("in_progress", serde_json::json!({"comment": "crew on site"})),
+        (
+            "in_progress",
+            serde_json::json!({"comment": "crew on site"}),
+        ),
         ("resolved", serde_json::json!({})),
         ("closed", serde_json::json!({})),
     ] {
         let mut body = extra;
         body["status"] = serde_json::json!(next);
         let (status, inc) = send(s, "PATCH", &path, Some(&ops), Some(body)).await;
-        assert_eq!((status, inc["status"].as_str()), (StatusCode::OK, Some(next)), "{inc}");
+        assert_eq!(
+            (status, inc["status"].as_str()),
+            (StatusCode::OK, Some(next)),
+            "{inc}"
+        );
     }
     let (_, inc) = get(s, &path, Some(&ops)).await;
     assert_eq!(inc["assignee"], "crew-7");
@@ -514,13 +715,27 @@ async fn citizen_report_becomes_an_incident_and_walks_the_lifecycle() {
     assert!(inc["resolved_at"].is_string() && inc["acknowledged_at"].is_string());
     assert_eq!(inc["sla_breached"], false);
     let (status, st) = send(s, "GET", &format!("/api/v1/status/{report_id}"), None, None).await;
-    assert_eq!((status, st["status"].as_str()), (StatusCode::OK, Some("closed")));
+    assert_eq!(
+        (status, st["status"].as_str()),
+        (StatusCode::OK, Some("closed"))
+    );
 
     // The photo is kept and served to staff.
-    let req = Request::get(format!("/api/v1/reports/{report_id}/photo")).header("authorization", format!("Bearer {ops}")).body(Body::empty()).expect("req");
+    let req = Request::get(format!("/api/v1/reports/{report_id}/photo"))
+        .header("authorization", format!("Bearer {ops}"))
+        .body(Body::empty())
+        .expect("req");
     let resp = router(s.clone()).oneshot(req).await.expect("resp");
     assert_eq!(resp.headers()["content-type"], "image/jpeg");
-    assert_eq!(resp.into_body().collect().await.expect("body").to_bytes().len(), photo.len());
+    assert_eq!(
+        resp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .len(),
+        photo.len()
+    );
 
     // Analytics and the audit trail.
     let (_, stats) = get(s, "/api/v1/analytics/incidents", None).await;
@@ -529,7 +744,12 @@ async fn citizen_report_becomes_an_incident_and_walks_the_lifecycle() {
     let (_, areas) = get(s, "/api/v1/analytics/areas?cell_deg=0.01", None).await;
     assert_eq!(areas["items"][0]["rank"], 1);
     let (_, audit) = get(s, "/api/v1/audit?limit=100", None).await;
-    let updates = audit["items"].as_array().expect("items").iter().filter(|e| e["action"] == "incident.update").count();
+    let updates = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "incident.update")
+        .count();
     assert_eq!(updates, 4);
 }
 
@@ -539,12 +759,46 @@ async fn malformed_reports_are_refused_with_error_objects() {
     let s = &f.state;
     let photo = test_photo();
     let cases: Vec<(Vec<(&str, Option<&str>, &[u8])>, StatusCode)> = vec![
-        (vec![("photo", Some("x.jpg"), b"not an image at all"), ("lat", None, b"52.5"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
-        (vec![("photo", Some("bus.jpg"), &photo), ("lat", None, b"200"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
-        (vec![("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.5")], StatusCode::UNPROCESSABLE_ENTITY),
-        (vec![("lat", None, b"52.5"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
-        (vec![("photo", Some("bus.jpg"), &photo), ("lat", None, b"1; DROP TABLE incidents"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
-        (vec![("photo", Some("bus.jpg"), &photo[..photo.len() / 3]), ("lat", None, b"52.5"), ("lng", None, b"13.4")], StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            vec![
+                ("photo", Some("x.jpg"), b"not an image at all"),
+                ("lat", None, b"52.5"),
+                ("lng", None, b"13.4"),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            vec![
+                ("photo", Some("bus.jpg"), &photo),
+                ("lat", None, b"200"),
+                ("lng", None, b"13.4"),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            vec![("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.5")],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            vec![("lat", None, b"52.5"), ("lng", None, b"13.4")],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            vec![
+                ("photo", Some("bus.jpg"), &photo),
+                ("lat", None, b"1; DROP TABLE incidents"),
+                ("lng", None, b"13.4"),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            vec![
+                ("photo", Some("bus.jpg"), &photo[..photo.len() / 3]),
+                ("lat", None, b"52.5"),
+                ("lng", None, b"13.4"),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
     ];
     for (i, (fields, want)) in cases.into_iter().enumerate() {
         let (status, body) = post_report(s, &fields).await;
@@ -552,22 +806,47 @@ async fn malformed_reports_are_refused_with_error_objects() {
         assert!(body["error"]["message"].is_string(), "case {i}: {body}");
     }
     // Wrong content type.
-    let req = Request::post("/api/v1/reports").header("content-type", "application/json").body(Body::from("{}")).expect("req");
-    assert_eq!(router(s.clone()).oneshot(req).await.expect("resp").status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let req = Request::post("/api/v1/reports")
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .expect("req");
+    assert_eq!(
+        router(s.clone()).oneshot(req).await.expect("resp").status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
     // Over the size limit.
     let huge = vec![0xffu8; MAX_REPORT_BODY + 1024];
-    let (status, body) = post_report(s, &[("photo", Some("big.jpg"), &huge), ("lat", None, b"1"), ("lng", None, b"1")]).await;
+    let (status, body) = post_report(
+        s,
+        &[
+            ("photo", Some("big.jpg"), &huge),
+            ("lat", None, b"1"),
+            ("lng", None, b"1"),
+        ],
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert_eq!(get(s, "/api/v1/analytics/incidents", None).await.1["total"], 0, "nothing was created");
+    assert_eq!(
+        get(s, "/api/v1/analytics/incidents", None).await.1["total"],
+        0,
+        "nothing was created"
+    );
 }
 
 #[tokio::test]
 async fn a_bus_photo_is_classified_by_yolo_into_a_vehicle_incident() {
     let dir = tempfile::tempdir().expect("tmp");
-    let onnx = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models/yolov8n_int8.onnx");
+    let onnx = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/models/yolov8n_int8.onnx"
+    );
     let model = dir.path().join("yolov8n.safetensors");
-    edgeqi_shared::detector::import::import_onnx(std::path::Path::new(onnx), &model, &mut |_, _| {})
-        .expect("import ../shared/models/yolov8n_int8.onnx");
+    edgeqi_shared::detector::import::import_onnx(
+        std::path::Path::new(onnx),
+        &model,
+        &mut |_, _| {},
+    )
+    .expect("import ../shared/models/yolov8n_int8.onnx");
     let analyzer = crate::incidents::yolo::YoloAnalyzer::load(&model).expect("load model");
     let mut f = fixture();
     let url = format!("sqlite://{}", dir.path().join("r.db").display());
@@ -576,14 +855,32 @@ async fn a_bus_photo_is_classified_by_yolo_into_a_vehicle_incident() {
         Some(Arc::new(analyzer)),
     ));
     let photo = test_photo();
-    let (status, rep) = post_report(&f.state, &[("photo", Some("bus.jpg"), &photo), ("lat", None, b"52.52"), ("lng", None, b"13.40")]).await;
+    let (status, rep) = post_report(
+        &f.state,
+        &[
+            ("photo", Some("bus.jpg"), &photo),
+            ("lat", None, b"52.52"),
+            ("lng", None, b"13.40"),
+        ],
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{rep}");
-    let labels: Vec<&str> = rep["detections"].as_array().expect("detections").iter().filter_map(|d| d["label"].as_str()).collect();
+    let labels: Vec<&str> = rep["detections"]
+        .as_array()
+        .expect("detections")
+        .iter()
+        .filter_map(|d| d["label"].as_str())
+        .collect();
     assert!(labels.contains(&"bus"), "{labels:?}");
     assert!(labels.contains(&"person"), "{labels:?}");
     assert_eq!(rep["category"], "vehicle", "the bus is the main subject");
     assert_eq!(rep["severity"], "high", "the bus fills most of the photo");
-    let (_, inc) = get(&f.state, &format!("/api/v1/incidents/{}", rep["incident_id"]), None).await;
+    let (_, inc) = get(
+        &f.state,
+        &format!("/api/v1/incidents/{}", rep["incident_id"]),
+        None,
+    )
+    .await;
     assert_eq!(inc["category"], "vehicle");
     assert_eq!(inc["title"], "vehicle: bus reported");
 }
@@ -615,7 +912,11 @@ async fn track_events_line_counts_and_snapshots_are_served() {
         v: 1,
         node_id: "gate-01".into(),
         sent_at: now,
-        events: vec![event("e1", "appeared"), event("e2", "line_crossed"), event("e3", "left")],
+        events: vec![
+            event("e1", "appeared"),
+            event("e2", "line_crossed"),
+            event("e3", "left"),
+        ],
         line_counts: vec![LineCount {
             camera_id: "north".into(),
             line: "stop-line".into(),
@@ -626,7 +927,10 @@ async fn track_events_line_counts_and_snapshots_are_served() {
         }],
     };
     s.events.record_events(batch.clone()).await.expect("events");
-    s.events.record_events(batch).await.expect("a resend is harmless");
+    s.events
+        .record_events(batch)
+        .await
+        .expect("a resend is harmless");
     let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 1, 2, 3, 0xFF, 0xD9];
     let snap = Snapshot {
         v: 1,
@@ -644,7 +948,10 @@ async fn track_events_line_counts_and_snapshots_are_served() {
         jpeg_b64: base64::engine::general_purpose::STANDARD.encode(jpeg),
         frame_jpeg_b64: None,
     };
-    s.events.record_snapshot(snap.clone()).await.expect("snapshot");
+    s.events
+        .record_snapshot(snap.clone())
+        .await
+        .expect("snapshot");
     let mut bad = snap;
     bad.jpeg_b64 = "not base64!".into();
     assert!(s.events.record_snapshot(bad).await.is_err());
@@ -666,7 +973,13 @@ async fn track_events_line_counts_and_snapshots_are_served() {
         let resp = router(s.clone()).oneshot(req).await.expect("resp");
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["content-type"], "image/jpeg");
-        assert_eq!(&resp.into_body().collect().await.expect("body").to_bytes()[..], &jpeg[..]);
+        assert_eq!(
+            &resp.into_body().collect().await.expect("body").to_bytes()[..],
+            &jpeg[..]
+        );
     }
-    assert_eq!(get(s, "/api/v1/events/nope/snapshot", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(s, "/api/v1/events/nope/snapshot", None).await.0,
+        StatusCode::NOT_FOUND
+    );
 }

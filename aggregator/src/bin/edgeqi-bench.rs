@@ -182,7 +182,11 @@ async fn ingest(a: IngestArgs) -> Result<()> {
         "edgeqi-bench: {} nodes, batch {}, rate {}, {} (epoch {epoch})",
         a.nodes,
         a.batch,
-        if a.rate == 0 { "unpaced".to_owned() } else { format!("{}/s", a.rate) },
+        if a.rate == 0 {
+            "unpaced".to_owned()
+        } else {
+            format!("{}/s", a.rate)
+        },
         match a.total {
             Some(t) => format!("{t} detections"),
             None => format!("{} s", a.duration),
@@ -194,7 +198,8 @@ async fn ingest(a: IngestArgs) -> Result<()> {
         let node = format!("{}-{i:05}", a.prefix);
         let opts = options(&node, &a.mqtt_url, a.window * 2)?;
         let (epoch, published) = (epoch.clone(), published.clone());
-        let (batch, window, resend_after) = (a.batch, a.window, Duration::from_secs(a.resend_after));
+        let (batch, window, resend_after) =
+            (a.batch, a.window, Duration::from_secs(a.resend_after));
         // Spread the nodes' ticks over one interval.
         let phase = interval.map(|iv| iv.mul_f64(i as f64 / a.nodes as f64));
         tasks.push(tokio::spawn(async move {
@@ -229,7 +234,10 @@ async fn ingest(a: IngestArgs) -> Result<()> {
         (Some(f), Some(l)) => l.duration_since(f),
         _ => wall,
     };
-    let mut lat: Vec<u64> = reports.iter().flat_map(|r| r.latencies_us.iter().copied()).collect();
+    let mut lat: Vec<u64> = reports
+        .iter()
+        .flat_map(|r| r.latencies_us.iter().copied())
+        .collect();
     lat.sort_unstable();
     let pct = |p: f64| -> f64 {
         if lat.is_empty() {
@@ -260,7 +268,10 @@ async fn ingest(a: IngestArgs) -> Result<()> {
         pct(1.0)
     );
     if acked_batches != batches {
-        bail!("{} of {batches} batches were never acknowledged", batches - acked_batches);
+        bail!(
+            "{} of {batches} batches were never acknowledged",
+            batches - acked_batches
+        );
     }
     if let Some(pid) = a.aggregator_pid {
         if let Some(rss) = rss_bytes(pid) {
@@ -348,7 +359,8 @@ async fn run_node(r: NodeRun) -> Result<NodeReport> {
                     let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
                     if ack.acked_seq > s.acked {
                         s.acked = ack.acked_seq;
-                        let done: Vec<u64> = s.pending.range(..=ack.acked_seq).map(|(k, _)| *k).collect();
+                        let done: Vec<u64> =
+                            s.pending.range(..=ack.acked_seq).map(|(k, _)| *k).collect();
                         for seq in done {
                             if let Some((first, _)) = s.pending.remove(&seq) {
                                 let us = now.duration_since(first).as_micros() as u64;
@@ -414,7 +426,12 @@ async fn run_node(r: NodeRun) -> Result<NodeReport> {
             .pending
             .insert(seq, (now, now));
         client
-            .publish(&topic, QoS::AtLeastOnce, false, batch_json(&r.node, &r.epoch, seq, r.batch))
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                batch_json(&r.node, &r.epoch, seq, r.batch),
+            )
             .await?;
         r.published.fetch_add(1, Ordering::Relaxed);
     }
@@ -464,7 +481,12 @@ async fn resend_overdue(
     for seq in overdue {
         report.resends += 1;
         client
-            .publish(topic, QoS::AtLeastOnce, false, batch_json(&r.node, &r.epoch, seq, r.batch))
+            .publish(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                batch_json(&r.node, &r.epoch, seq, r.batch),
+            )
             .await?;
     }
     Ok(())
@@ -546,9 +568,21 @@ async fn copy_baseline(url: &str, rows: u64) -> Result<f64> {
     let w = BinaryCopyInWriter::new(
         sink,
         &[
-            Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::TIMESTAMPTZ, Type::TEXT, Type::INT4,
-            Type::TEXT, Type::FLOAT4, Type::FLOAT4, Type::FLOAT4, Type::FLOAT4, Type::FLOAT4,
-            Type::INT8, Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
+            Type::FLOAT4,
+            Type::FLOAT4,
+            Type::FLOAT4,
+            Type::FLOAT4,
+            Type::FLOAT4,
+            Type::INT8,
+            Type::TEXT,
         ],
     );
     let mut w = std::pin::pin!(w);
@@ -573,7 +607,9 @@ async fn copy_baseline(url: &str, rows: u64) -> Result<f64> {
     w.finish().await?;
     tx.commit().await?;
     let secs = started.elapsed().as_secs_f64();
-    client.batch_execute("DROP TABLE bench_copy_baseline").await?;
+    client
+        .batch_execute("DROP TABLE bench_copy_baseline")
+        .await?;
     Ok(rows as f64 / secs)
 }
 
@@ -666,7 +702,12 @@ async fn heartbeats(a: IngestArgs) -> Result<()> {
                 });
                 let topic = format!("edgeqi/v1/nodes/{node}/heartbeat");
                 if client
-                    .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&hb).unwrap_or_default())
+                    .publish(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&hb).unwrap_or_default(),
+                    )
                     .await
                     .is_ok()
                 {
@@ -684,7 +725,10 @@ async fn heartbeats(a: IngestArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(5)).await;
         if let Some(n) = nodes_online(&a.http_url).await {
             online_max = online_max.max(n);
-            eprintln!("edgeqi-bench: {n} nodes online, {} heartbeats sent", sent.load(Ordering::Relaxed));
+            eprintln!(
+                "edgeqi-bench: {n} nodes online, {} heartbeats sent",
+                sent.load(Ordering::Relaxed)
+            );
         }
         if let Some(pid) = a.aggregator_pid {
             rss_max = rss_max.max(rss_bytes(pid).unwrap_or(0));
@@ -705,7 +749,10 @@ async fn heartbeats(a: IngestArgs) -> Result<()> {
             "nodes_online_max": online_max, "aggregator_rss_max_bytes": rss_max})
     );
     if online_max < a.nodes as u64 {
-        bail!("only {online_max} of {} nodes were ever tracked online", a.nodes);
+        bail!(
+            "only {online_max} of {} nodes were ever tracked online",
+            a.nodes
+        );
     }
     Ok(())
 }

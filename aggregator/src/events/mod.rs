@@ -120,7 +120,10 @@ impl EventStore {
         let path = url
             .strip_prefix("sqlite://")
             .ok_or_else(|| StoreError::UnsupportedUrl(crate::store::redact_url(url)))?;
-        let open_err = |reason: String| StoreError::Open { path: path.to_owned(), reason };
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;
@@ -128,16 +131,25 @@ impl EventStore {
         )
         .map_err(|e| open_err(e.to_string()))?;
         let current: i64 = conn
-            .query_row("SELECT version FROM schema_versions WHERE component = ?1", [COMPONENT], |r| r.get(0))
+            .query_row(
+                "SELECT version FROM schema_versions WHERE component = ?1",
+                [COMPONENT],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| open_err(e.to_string()))?
             .unwrap_or(0);
         if current > MIGRATIONS.len() as i64 {
-            return Err(open_err(format!("events schema version {current} is newer than this aggregator's")));
+            return Err(open_err(format!(
+                "events schema version {current} is newer than this aggregator's"
+            )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn.unchecked_transaction().map_err(|e| open_err(e.to_string()))?;
-            tx.execute_batch(sql).map_err(|e| open_err(format!("events migration {}: {e}", i + 1)))?;
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(|e| open_err(e.to_string()))?;
+            tx.execute_batch(sql)
+                .map_err(|e| open_err(format!("events migration {}: {e}", i + 1)))?;
             tx.execute(
                 "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
                  ON CONFLICT(component) DO UPDATE SET version = ?2",
@@ -146,7 +158,9 @@ impl EventStore {
             .map_err(|e| open_err(e.to_string()))?;
             tx.commit().map_err(|e| open_err(e.to_string()))?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with<T: Send + 'static>(
@@ -220,12 +234,17 @@ impl EventStore {
     /// Stores a track's snapshot; the JPEG must decode from base64.
     pub async fn record_snapshot(&self, s: Snapshot) -> Result<(), String> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let jpeg = b64.decode(&s.jpeg_b64).map_err(|e| format!("jpeg_b64 is not base64: {e}"))?;
+        let jpeg = b64
+            .decode(&s.jpeg_b64)
+            .map_err(|e| format!("jpeg_b64 is not base64: {e}"))?;
         if !jpeg.starts_with(&[0xFF, 0xD8]) {
             return Err("jpeg_b64 does not hold a JPEG".into());
         }
         let frame = match &s.frame_jpeg_b64 {
-            Some(f) => Some(b64.decode(f).map_err(|e| format!("frame_jpeg_b64 is not base64: {e}"))?),
+            Some(f) => Some(
+                b64.decode(f)
+                    .map_err(|e| format!("frame_jpeg_b64 is not base64: {e}"))?,
+            ),
             None => None,
         };
         self.with(move |c| {
@@ -242,9 +261,15 @@ impl EventStore {
         .map_err(|e| e.to_string())
     }
 
-    pub async fn events(&self, q: EventQuery) -> StoreResult<(Vec<StoredEvent>, Option<(i64, String)>)> {
+    pub async fn events(
+        &self,
+        q: EventQuery,
+    ) -> StoreResult<(Vec<StoredEvent>, Option<(i64, String)>)> {
         self.with(move |c| {
-            let nodes = q.node_ids.as_ref().map(|n| serde_json::to_string(n).unwrap_or_else(|_| "[]".into()));
+            let nodes = q
+                .node_ids
+                .as_ref()
+                .map(|n| serde_json::to_string(n).unwrap_or_else(|_| "[]".into()));
             let (after_ts, after_id) = match &q.after {
                 Some((t, i)) => (Some(*t), Some(i.clone())),
                 None => (None, None),
@@ -259,7 +284,15 @@ impl EventStore {
                  ORDER BY e.ts_ms DESC, e.id LIMIT ?7",
             )?;
             let rows = stmt.query_map(
-                params![nodes, q.node_id, q.camera_id, q.kind, after_ts, after_id, (q.limit + 1) as i64],
+                params![
+                    nodes,
+                    q.node_id,
+                    q.camera_id,
+                    q.kind,
+                    after_ts,
+                    after_id,
+                    (q.limit + 1) as i64
+                ],
                 |r| {
                     Ok((
                         StoredEvent {
@@ -287,14 +320,22 @@ impl EventStore {
             let mut items = rows.collect::<rusqlite::Result<Vec<_>>>()?;
             let more = items.len() > q.limit;
             items.truncate(q.limit);
-            let next = if more { items.last().map(|(e, t)| (*t, e.id.clone())) } else { None };
+            let next = if more {
+                items.last().map(|(e, t)| (*t, e.id.clone()))
+            } else {
+                None
+            };
             Ok((items.into_iter().map(|(e, _)| e).collect(), next))
         })
         .await
     }
 
     /// The snapshot shown for an event (its track's), with the event's node.
-    pub async fn snapshot_for_event(&self, event_id: &str, full_frame: bool) -> StoreResult<Option<(String, Vec<u8>)>> {
+    pub async fn snapshot_for_event(
+        &self,
+        event_id: &str,
+        full_frame: bool,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
         let id = event_id.to_owned();
         self.with(move |c| {
             let col = if full_frame { "COALESCE(s.frame_jpeg, s.jpeg)" } else { "s.jpeg" };

@@ -51,7 +51,10 @@ impl Status {
 
     /// Still needs work: new reports may join it.
     pub fn is_open(self) -> bool {
-        matches!(self, Status::New | Status::Acknowledged | Status::InProgress)
+        matches!(
+            self,
+            Status::New | Status::Acknowledged | Status::InProgress
+        )
     }
 
     /// The lifecycle: `new → acknowledged → in_progress → resolved → closed`,
@@ -112,7 +115,9 @@ impl FromStr for Severity {
             "medium" => Ok(Severity::Medium),
             "high" => Ok(Severity::High),
             "critical" => Ok(Severity::Critical),
-            o => Err(format!("severity {o:?} must be low, medium, high or critical")),
+            o => Err(format!(
+                "severity {o:?} must be low, medium, high or critical"
+            )),
         }
     }
 }
@@ -147,7 +152,10 @@ impl SlaPolicy {
             Severity::Medium => (Duration::hours(4), Duration::hours(72)),
             Severity::Low => (Duration::hours(24), Duration::days(7)),
         };
-        Sla { acknowledge_within: ack, resolve_within: resolve }
+        Sla {
+            acknowledge_within: ack,
+            resolve_within: resolve,
+        }
     }
 }
 
@@ -161,7 +169,10 @@ pub struct DedupWindow {
 
 impl Default for DedupWindow {
     fn default() -> Self {
-        Self { radius_m: 50.0, within: Duration::minutes(60) }
+        Self {
+            radius_m: 50.0,
+            within: Duration::minutes(60),
+        }
     }
 }
 
@@ -290,11 +301,21 @@ pub struct IncidentFilter {
 pub trait IncidentStore: Send + Sync + fmt::Debug {
     /// Joins the nearest open incident of the same tenant and category inside
     /// the dedup window, or opens a new one. Returns it and whether it is new.
-    async fn open_or_join(&self, new: NewIncident, window: DedupWindow, sla: Sla) -> StoreResult<(Incident, bool)>;
+    async fn open_or_join(
+        &self,
+        new: NewIncident,
+        window: DedupWindow,
+        sla: Sla,
+    ) -> StoreResult<(Incident, bool)>;
     async fn incident(&self, id: i64) -> StoreResult<Option<Incident>>;
     async fn incidents(&self, filter: &IncidentFilter) -> StoreResult<Vec<Incident>>;
     /// Applies a change; refuses transitions the lifecycle does not allow.
-    async fn change(&self, id: i64, change: IncidentChange, author: &str) -> Result<(Incident, Incident), IncidentError>;
+    async fn change(
+        &self,
+        id: i64,
+        change: IncidentChange,
+        author: &str,
+    ) -> Result<(Incident, Incident), IncidentError>;
     async fn comments(&self, incident_id: i64) -> StoreResult<Vec<Comment>>;
     async fn add_report(&self, report: &Report, photo: &[u8], photo_type: &str) -> StoreResult<()>;
     async fn report(&self, id: &str) -> StoreResult<Option<Report>>;
@@ -317,7 +338,12 @@ pub struct AreaScore {
 }
 
 /// Scores areas (grid cells of `cell_deg` degrees) by how their incidents were handled.
-pub fn area_scores(incidents: &[Incident], policy: &SlaPolicy, cell_deg: f64, now: DateTime<Utc>) -> Vec<AreaScore> {
+pub fn area_scores(
+    incidents: &[Incident],
+    policy: &SlaPolicy,
+    cell_deg: f64,
+    now: DateTime<Utc>,
+) -> Vec<AreaScore> {
     #[derive(Default)]
     struct Acc {
         n: u64,
@@ -327,14 +353,23 @@ pub fn area_scores(incidents: &[Incident], policy: &SlaPolicy, cell_deg: f64, no
     }
     let mut cells: BTreeMap<(i64, i64), Acc> = BTreeMap::new();
     for i in incidents.iter().filter(|i| i.status != Status::Rejected) {
-        let (Some(lat), Some(lng)) = (i.lat, i.lng) else { continue };
-        let key = ((lat / cell_deg).floor() as i64, (lng / cell_deg).floor() as i64);
+        let (Some(lat), Some(lng)) = (i.lat, i.lng) else {
+            continue;
+        };
+        let key = (
+            (lat / cell_deg).floor() as i64,
+            (lng / cell_deg).floor() as i64,
+        );
         let acc = cells.entry(key).or_default();
         acc.n += 1;
         acc.met += u64::from(!i.sla_breached(now));
         if let Some(done) = i.resolved_at {
             acc.resolved += 1;
-            let allowed = policy.sla(&i.category, i.severity).resolve_within.num_seconds().max(1) as f64;
+            let allowed = policy
+                .sla(&i.category, i.severity)
+                .resolve_within
+                .num_seconds()
+                .max(1) as f64;
             let took = (done - i.created_at).num_seconds().max(0) as f64;
             acc.speed_sum += (1.0 - took / allowed).clamp(0.0, 1.0);
         }
@@ -343,7 +378,11 @@ pub fn area_scores(incidents: &[Incident], policy: &SlaPolicy, cell_deg: f64, no
         .into_iter()
         .map(|((a, b), acc)| {
             let compliance = acc.met as f64 / acc.n as f64;
-            let speed = if acc.resolved == 0 { 0.0 } else { acc.speed_sum / acc.resolved as f64 };
+            let speed = if acc.resolved == 0 {
+                0.0
+            } else {
+                acc.speed_sum / acc.resolved as f64
+            };
             AreaScore {
                 area: format!("{a}:{b}"),
                 center: [(a as f64 + 0.5) * cell_deg, (b as f64 + 0.5) * cell_deg],
@@ -356,7 +395,11 @@ pub fn area_scores(incidents: &[Incident], policy: &SlaPolicy, cell_deg: f64, no
             }
         })
         .collect();
-    out.sort_by(|x, y| y.score.total_cmp(&x.score).then_with(|| x.area.cmp(&y.area)));
+    out.sort_by(|x, y| {
+        y.score
+            .total_cmp(&x.score)
+            .then_with(|| x.area.cmp(&y.area))
+    });
     for (i, a) in out.iter_mut().enumerate() {
         a.rank = i + 1;
     }
@@ -384,7 +427,11 @@ mod tests {
         ];
         for from in Status::ALL {
             for to in Status::ALL {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }
@@ -397,7 +444,12 @@ mod tests {
         assert!(distance_m(52.52, 13.405, 52.5203, 13.405) < 50.0);
     }
 
-    fn incident(lat: f64, created_h_ago: i64, resolved_after_h: Option<i64>, now: DateTime<Utc>) -> Incident {
+    fn incident(
+        lat: f64,
+        created_h_ago: i64,
+        resolved_after_h: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Incident {
         let created = now - Duration::hours(created_h_ago);
         let sla = SlaPolicy::default().sla("litter", Severity::High);
         Incident {
@@ -405,7 +457,11 @@ mod tests {
             tenant_id: None,
             category: "litter".into(),
             severity: Severity::High,
-            status: if resolved_after_h.is_some() { Status::Resolved } else { Status::New },
+            status: if resolved_after_h.is_some() {
+                Status::Resolved
+            } else {
+                Status::New
+            },
             title: "t".into(),
             lat: Some(lat),
             lng: Some(13.0),
@@ -434,7 +490,11 @@ mod tests {
         assert_eq!(scores[0].rank, 1);
         assert!(scores[0].center[0] < 52.05, "the well-run area ranks first");
         let expected = 0.7 * 1.0 + 0.3 * (1.0 - 2.0 / 24.0);
-        assert!((scores[0].score - expected).abs() < 1e-9, "{}", scores[0].score);
+        assert!(
+            (scores[0].score - expected).abs() < 1e-9,
+            "{}",
+            scores[0].score
+        );
         assert!((scores[1].score - 0.0).abs() < 1e-9);
     }
 }
@@ -447,6 +507,8 @@ pub use service::{Incidents, PhotoAnalyzer, PhotoObject};
 pub fn open(url: &str) -> StoreResult<std::sync::Arc<dyn IncidentStore>> {
     match url.strip_prefix("sqlite://") {
         Some(path) => Ok(std::sync::Arc::new(sqlite::SqliteIncidents::open(path)?)),
-        None => Err(crate::store::StoreError::UnsupportedUrl(crate::store::redact_url(url))),
+        None => Err(crate::store::StoreError::UnsupportedUrl(
+            crate::store::redact_url(url),
+        )),
     }
 }

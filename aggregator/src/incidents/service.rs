@@ -35,13 +35,31 @@ impl Default for CategoryMap {
             ("vehicle", &["car", "truck", "bus", "motorcycle", "train"]),
             ("bicycle", &["bicycle"]),
             ("pedestrian", &["person"]),
-            ("litter", &["bottle", "cup", "suitcase", "backpack", "handbag", "umbrella"]),
-            ("street_furniture", &["bench", "fire hydrant", "stop sign", "parking meter", "traffic light"]),
+            (
+                "litter",
+                &[
+                    "bottle", "cup", "suitcase", "backpack", "handbag", "umbrella",
+                ],
+            ),
+            (
+                "street_furniture",
+                &[
+                    "bench",
+                    "fire hydrant",
+                    "stop sign",
+                    "parking meter",
+                    "traffic light",
+                ],
+            ),
             ("animal", &["dog", "cat", "horse", "bird", "cow", "sheep"]),
         ];
         let by_label = table
             .iter()
-            .flat_map(|(cat, labels)| labels.iter().map(move |l| ((*l).to_owned(), (*cat).to_owned())))
+            .flat_map(|(cat, labels)| {
+                labels
+                    .iter()
+                    .map(move |l| ((*l).to_owned(), (*cat).to_owned()))
+            })
             .collect();
         Self { by_label }
     }
@@ -52,7 +70,9 @@ impl CategoryMap {
     /// object with the largest score-weighted area (a photo of a bus with
     /// passers-by is about the bus).
     pub fn classify<'a>(&self, objects: &'a [PhotoObject]) -> (String, Option<&'a PhotoObject>) {
-        let weight = |o: &PhotoObject| o.score * (o.bbox[2] - o.bbox[0]).max(0.0) * (o.bbox[3] - o.bbox[1]).max(0.0);
+        let weight = |o: &PhotoObject| {
+            o.score * (o.bbox[2] - o.bbox[0]).max(0.0) * (o.bbox[3] - o.bbox[1]).max(0.0)
+        };
         let best = objects
             .iter()
             .filter(|o| self.by_label.contains_key(&o.label))
@@ -66,7 +86,12 @@ impl CategoryMap {
 
 /// Severity from how much of the photo the problem fills and how sure the
 /// detector is; many objects of the category raise it one step.
-pub fn severity(best: Option<&PhotoObject>, same_category: usize, width: u32, height: u32) -> Severity {
+pub fn severity(
+    best: Option<&PhotoObject>,
+    same_category: usize,
+    width: u32,
+    height: u32,
+) -> Severity {
     let Some(o) = best else { return Severity::Low };
     let area = ((o.bbox[2] - o.bbox[0]).max(0.0) * (o.bbox[3] - o.bbox[1]).max(0.0)) as f64;
     let frac = area / (f64::from(width.max(1)) * f64::from(height.max(1)));
@@ -99,7 +124,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(per_window: u32, window: Duration) -> Self {
-        Self { per_window, window, seen: Mutex::new(HashMap::new()) }
+        Self {
+            per_window,
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `Err(seconds to wait)` when `client` is over its budget.
@@ -115,7 +144,11 @@ impl RateLimiter {
             *entry = (now, 0);
         }
         if entry.1 >= self.per_window {
-            return Err(self.window.saturating_sub(now.duration_since(entry.0)).as_secs().max(1));
+            return Err(self
+                .window
+                .saturating_sub(now.duration_since(entry.0))
+                .as_secs()
+                .max(1));
         }
         entry.1 += 1;
         Ok(())
@@ -156,13 +189,20 @@ mod tests {
     use super::*;
 
     fn obj(label: &str, score: f32, bbox: [f32; 4]) -> PhotoObject {
-        PhotoObject { label: label.into(), score, bbox }
+        PhotoObject {
+            label: label.into(),
+            score,
+            bbox,
+        }
     }
 
     #[test]
     fn categories_and_severity() {
         let map = CategoryMap::default();
-        let objects = vec![obj("person", 0.6, [0.0, 0.0, 10.0, 10.0]), obj("bus", 0.9, [0.0, 0.0, 800.0, 600.0])];
+        let objects = vec![
+            obj("person", 0.6, [0.0, 0.0, 10.0, 10.0]),
+            obj("bus", 0.9, [0.0, 0.0, 800.0, 600.0]),
+        ];
         let (cat, best) = map.classify(&objects);
         assert_eq!(cat, "vehicle");
         assert_eq!(severity(best, 1, 810, 1080), Severity::High);

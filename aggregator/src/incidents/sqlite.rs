@@ -7,8 +7,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    distance_m, Comment, DedupWindow, Incident, IncidentChange, IncidentError, IncidentFilter, IncidentStore,
-    NewIncident, Report, Sla, Status,
+    distance_m, Comment, DedupWindow, Incident, IncidentChange, IncidentError, IncidentFilter,
+    IncidentStore, NewIncident, Report, Sla, Status,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -72,8 +72,9 @@ fn ts(ms: i64) -> DateTime<Utc> {
 }
 
 fn parse<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
-    s.parse()
-        .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 fn incident_row(r: &Row<'_>) -> rusqlite::Result<Incident> {
@@ -116,12 +117,16 @@ fn report_row(r: &Row<'_>) -> rusqlite::Result<Report> {
 }
 
 fn get_incident(c: &Connection, id: i64) -> rusqlite::Result<Option<Incident>> {
-    c.query_row("SELECT * FROM incidents WHERE id = ?1", [id], incident_row).optional()
+    c.query_row("SELECT * FROM incidents WHERE id = ?1", [id], incident_row)
+        .optional()
 }
 
 impl SqliteIncidents {
     pub fn open(path: &str) -> StoreResult<Self> {
-        let open_err = |reason: String| StoreError::Open { path: path.to_owned(), reason };
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;
@@ -129,7 +134,11 @@ impl SqliteIncidents {
         )
         .map_err(|e| open_err(e.to_string()))?;
         let current: i64 = conn
-            .query_row("SELECT version FROM schema_versions WHERE component = ?1", [COMPONENT], |r| r.get(0))
+            .query_row(
+                "SELECT version FROM schema_versions WHERE component = ?1",
+                [COMPONENT],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| open_err(e.to_string()))?
             .unwrap_or(0);
@@ -140,8 +149,11 @@ impl SqliteIncidents {
             )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn.unchecked_transaction().map_err(|e| open_err(e.to_string()))?;
-            tx.execute_batch(sql).map_err(|e| open_err(format!("incidents migration {}: {e}", i + 1)))?;
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(|e| open_err(e.to_string()))?;
+            tx.execute_batch(sql)
+                .map_err(|e| open_err(format!("incidents migration {}: {e}", i + 1)))?;
             tx.execute(
                 "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
                  ON CONFLICT(component) DO UPDATE SET version = ?2",
@@ -150,7 +162,9 @@ impl SqliteIncidents {
             .map_err(|e| open_err(e.to_string()))?;
             tx.commit().map_err(|e| open_err(e.to_string()))?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with<T: Send + 'static, E: From<StoreError> + Send + 'static>(
@@ -166,7 +180,12 @@ impl SqliteIncidents {
 
 #[async_trait::async_trait]
 impl IncidentStore for SqliteIncidents {
-    async fn open_or_join(&self, new: NewIncident, window: DedupWindow, sla: Sla) -> StoreResult<(Incident, bool)> {
+    async fn open_or_join(
+        &self,
+        new: NewIncident,
+        window: DedupWindow,
+        sla: Sla,
+    ) -> StoreResult<(Incident, bool)> {
         self.with(move |c| {
             let tx = c.transaction().map_err(StoreError::from)?;
             let now = Utc::now();
@@ -249,7 +268,12 @@ impl IncidentStore for SqliteIncidents {
         .await
     }
 
-    async fn change(&self, id: i64, change: IncidentChange, author: &str) -> Result<(Incident, Incident), IncidentError> {
+    async fn change(
+        &self,
+        id: i64,
+        change: IncidentChange,
+        author: &str,
+    ) -> Result<(Incident, Incident), IncidentError> {
         let author = author.to_owned();
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -302,7 +326,9 @@ impl IncidentStore for SqliteIncidents {
 
     async fn comments(&self, incident_id: i64) -> StoreResult<Vec<Comment>> {
         self.with(move |c| {
-            let mut stmt = c.prepare_cached("SELECT * FROM incident_comments WHERE incident_id = ?1 ORDER BY id")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT * FROM incident_comments WHERE incident_id = ?1 ORDER BY id",
+            )?;
             let rows = stmt.query_map([incident_id], |r| {
                 Ok(Comment {
                     id: r.get("id")?,
@@ -346,13 +372,20 @@ impl IncidentStore for SqliteIncidents {
 
     async fn report(&self, id: &str) -> StoreResult<Option<Report>> {
         let id = id.to_owned();
-        self.with(move |c| Ok(c.query_row("SELECT * FROM reports WHERE id = ?1", [id], report_row).optional()?))
-            .await
+        self.with(move |c| {
+            Ok(
+                c.query_row("SELECT * FROM reports WHERE id = ?1", [id], report_row)
+                    .optional()?,
+            )
+        })
+        .await
     }
 
     async fn reports_of(&self, incident_id: i64) -> StoreResult<Vec<Report>> {
         self.with(move |c| {
-            let mut stmt = c.prepare_cached("SELECT * FROM reports WHERE incident_id = ?1 ORDER BY created_ms")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT * FROM reports WHERE incident_id = ?1 ORDER BY created_ms",
+            )?;
             let rows = stmt.query_map([incident_id], report_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -362,8 +395,12 @@ impl IncidentStore for SqliteIncidents {
     async fn report_photo(&self, id: &str) -> StoreResult<Option<(Vec<u8>, String)>> {
         let id = id.to_owned();
         self.with(move |c| {
-            Ok(c.query_row("SELECT photo, photo_type FROM reports WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?)
+            Ok(c.query_row(
+                "SELECT photo, photo_type FROM reports WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
         })
         .await
     }

@@ -24,7 +24,9 @@ impl YoloAnalyzer {
         })?;
         let name = format!(
             "{}-{}",
-            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "yolov8".into()),
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "yolov8".into()),
             model.options().precision
         );
         Ok(Self { model, name })
@@ -39,11 +41,19 @@ impl PhotoAnalyzer for YoloAnalyzer {
     fn analyze(&self, photo: &image::RgbImage) -> Result<Vec<PhotoObject>, String> {
         let found = self
             .model
-            .detect_rgb(photo.as_raw(), photo.width() as usize, photo.height() as usize)
+            .detect_rgb(
+                photo.as_raw(),
+                photo.width() as usize,
+                photo.height() as usize,
+            )
             .map_err(|e| format!("detector failed: {e}"))?;
         Ok(found
             .into_iter()
-            .map(|d| PhotoObject { label: d.label, score: d.score, bbox: d.bbox })
+            .map(|d| PhotoObject {
+                label: d.label,
+                score: d.score,
+                bbox: d.bbox,
+            })
             .collect())
     }
 }

@@ -170,9 +170,28 @@ async fn keyset_pagination_and_filters(s: &dyn Store) {
         limit: 1000,
         ..Default::default()
     };
-    assert_eq!(s.detections(&scoped(vec!["p"])).await.expect("scoped").items.len(), 35);
-    assert_eq!(s.detections(&scoped(vec!["p", "a"])).await.expect("scoped").items.len(), 35 + 11);
-    assert!(s.detections(&scoped(vec![])).await.expect("scoped").items.is_empty());
+    assert_eq!(
+        s.detections(&scoped(vec!["p"]))
+            .await
+            .expect("scoped")
+            .items
+            .len(),
+        35
+    );
+    assert_eq!(
+        s.detections(&scoped(vec!["p", "a"]))
+            .await
+            .expect("scoped")
+            .items
+            .len(),
+        35 + 11
+    );
+    assert!(s
+        .detections(&scoped(vec![]))
+        .await
+        .expect("scoped")
+        .items
+        .is_empty());
     for d in &items {
         assert_eq!(
             (d.camera_id.as_str(), d.label.as_str()),
@@ -281,7 +300,13 @@ async fn group_commit_stores_each_batch_once(s: &dyn Store) {
         .collect();
     assert_eq!(
         got,
-        [(false, 3, 2), (false, 3, 2), (false, 1, 4), (true, 3, 0), (false, 3, 1)]
+        [
+            (false, 3, 2),
+            (false, 3, 2),
+            (false, 1, 4),
+            (true, 3, 0),
+            (false, 3, 1)
+        ]
     );
     let mut ids: Vec<i64> = out.iter().flat_map(|o| o.detection_ids.clone()).collect();
     ids.sort_unstable();
@@ -296,7 +321,9 @@ async fn group_commit_stores_each_batch_once(s: &dyn Store) {
     assert_eq!(s.detections(&count("h")).await.expect("h").items.len(), 4);
     // The whole group again: all duplicates, nothing written.
     let again = s.ingest_batches(&group).await.expect("resend group");
-    assert!(again.iter().all(|o| o.duplicate && o.detection_ids.is_empty()));
+    assert!(again
+        .iter()
+        .all(|o| o.duplicate && o.detection_ids.is_empty()));
     assert_eq!(s.detections(&count("g")).await.expect("g").items.len(), 5);
     assert!(s.ingest_batches(&[]).await.expect("empty group").is_empty());
 }
@@ -312,7 +339,10 @@ async fn timeseries_counts_rows_and_compacted_counts(s: &dyn Store) {
         bucket: std::time::Duration::from_secs(60),
         by,
     };
-    let points = s.timeseries(&q(TimeseriesBy::Label)).await.expect("by label");
+    let points = s
+        .timeseries(&q(TimeseriesBy::Label))
+        .await
+        .expect("by label");
     let total: u64 = points.iter().map(|p| p.count).sum();
     // Everything stored in the window by every node, counts included.
     let all = s
@@ -327,13 +357,18 @@ async fn timeseries_counts_rows_and_compacted_counts(s: &dyn Store) {
         .items
         .len() as u64;
     assert_eq!(total, all + 40, "rows plus the compacted count");
-    assert!(points.iter().all(|p| p.bucket == t0() || p.bucket == t0() + Duration::minutes(1)));
+    assert!(points
+        .iter()
+        .all(|p| p.bucket == t0() || p.bucket == t0() + Duration::minutes(1)));
     let motion = points
         .iter()
         .find(|p| p.key == "motion" && p.bucket == t0())
         .expect("compacted motion count");
     assert_eq!(motion.count, 40);
-    let cams = s.timeseries(&q(TimeseriesBy::Camera)).await.expect("by camera");
+    let cams = s
+        .timeseries(&q(TimeseriesBy::Camera))
+        .await
+        .expect("by camera");
     assert!(cams.iter().any(|p| p.key == "north") && cams.iter().any(|p| p.key == "south"));
     let zones = s.timeseries(&q(TimeseriesBy::Zone)).await.expect("by zone");
     assert_eq!(zones.iter().map(|p| p.count).sum::<u64>(), total);
@@ -344,7 +379,12 @@ async fn retention_deletes_what_the_policy_no_longer_keeps(s: &dyn Store) {
         limit: 100_000,
         ..Default::default()
     };
-    assert!(!s.detections(&everything).await.expect("rows").items.is_empty());
+    assert!(!s
+        .detections(&everything)
+        .await
+        .expect("rows")
+        .items
+        .is_empty());
     // Keeping a day, ten days after the test data: all detections go; dead
     // letters (received now) stay under a 1 h policy judged now.
     let policy = RetentionPolicy {
@@ -356,11 +396,27 @@ async fn retention_deletes_what_the_policy_no_longer_keeps(s: &dyn Store) {
         .apply_retention(&policy, t0().max(Utc::now()) + Duration::days(10))
         .await
         .expect("retention");
-    assert!(report.detections_deleted + report.partitions_dropped > 0, "{report:?}");
-    assert!(s.detections(&everything).await.expect("rows").items.is_empty());
-    assert!(s.dead_letters(10).await.expect("dead letters").is_empty(), "older than 1 h ten days on");
+    assert!(
+        report.detections_deleted + report.partitions_dropped > 0,
+        "{report:?}"
+    );
+    assert!(s
+        .detections(&everything)
+        .await
+        .expect("rows")
+        .items
+        .is_empty());
+    assert!(
+        s.dead_letters(10).await.expect("dead letters").is_empty(),
+        "older than 1 h ten days on"
+    );
     // The ledger is not subject to retention: resends are still recognised.
-    assert!(s.ingest_batch(&batch("a", "e1", 1, 3)).await.expect("resend").duplicate);
+    assert!(
+        s.ingest_batch(&batch("a", "e1", 1, 3))
+            .await
+            .expect("resend")
+            .duplicate
+    );
 }
 
 #[tokio::test]
@@ -393,7 +449,10 @@ async fn sqlite_refuses_a_newer_schema() {
     conn.pragma_update(None, "user_version", 999).expect("bump");
     drop(conn);
     let err = super::open(&url).expect_err("newer schema");
-    assert!(matches!(err, super::StoreError::TooNew { found: 999, .. }), "{err}");
+    assert!(
+        matches!(err, super::StoreError::TooNew { found: 999, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("newer aggregator"), "{err}");
 }
 
@@ -404,8 +463,14 @@ async fn sqlite_hot_queries_use_an_index() {
         .expect("open");
     for q in hot_queries() {
         let plan = store.explain_detections(&q).await.expect("explain");
-        assert!(plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX"), "{q:?}: {plan}");
-        assert!(!plan.contains("TEMP B-TREE"), "{q:?} sorts instead of walking the index: {plan}");
+        assert!(
+            plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX"),
+            "{q:?}: {plan}"
+        );
+        assert!(
+            !plan.contains("TEMP B-TREE"),
+            "{q:?} sorts instead of walking the index: {plan}"
+        );
     }
 }
 
@@ -463,9 +528,18 @@ async fn postgres_refuses_a_newer_schema_and_uses_indexes() {
         return;
     };
     let settings = super::postgres::PgSettings::default();
-    let store = super::postgres::PgStore::open(&db.url, &settings).await.expect("open");
+    let store = super::postgres::PgStore::open(&db.url, &settings)
+        .await
+        .expect("open");
     let today = super::postgres::partition_name_for(Utc::now());
-    assert!(store.partitions().await.expect("partitions").contains(&today), "partition for today");
+    assert!(
+        store
+            .partitions()
+            .await
+            .expect("partitions")
+            .contains(&today),
+        "partition for today"
+    );
     for q in hot_queries() {
         let plan = store.explain_detections(&q).await.expect("explain");
         assert!(plan.contains("Index"), "{q:?}: {plan}");
@@ -476,13 +550,17 @@ async fn postgres_refuses_a_newer_schema_and_uses_indexes() {
         assert!(!plan.contains("Seq Scan") && !sorts, "{q:?}: {plan}");
     }
     drop(store);
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.expect("connect");
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(conn);
     client
         .batch_execute("INSERT INTO edgeqi_schema (version, applied_by) VALUES (999, 'the future')")
         .await
         .expect("bump");
-    let err = super::connect(&db.url, &settings).await.expect_err("newer schema");
+    let err = super::connect(&db.url, &settings)
+        .await
+        .expect_err("newer schema");
     assert!(err.to_string().contains("version 999"), "{err}");
     db.drop_db().await;
 }

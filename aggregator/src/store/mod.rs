@@ -245,7 +245,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`Store::summary`] limited to some nodes (a tenant's).
     async fn summary_for(&self, now: DateTime<Utc>, node_ids: &[String]) -> StoreResult<Summary> {
         let _ = (now, node_ids);
-        Err(StoreError::Database("tenant-scoped summaries are not supported by this backend".into()))
+        Err(StoreError::Database(
+            "tenant-scoped summaries are not supported by this backend".into(),
+        ))
     }
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>>;
     async fn timeseries(&self, q: &TimeseriesQuery) -> StoreResult<Vec<TimeseriesPoint>>;
@@ -262,7 +264,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
 /// Whether this build has a backend for the URL's scheme.
 pub fn is_supported_url(url: &str) -> bool {
-    url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")
+    url.starts_with("sqlite://")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
 }
 
 /// Opens an SQLite `--database-url` synchronously (tests and tools); use

@@ -255,12 +255,7 @@ pub fn partition_name_for(t: DateTime<Utc>) -> String {
 }
 
 fn partition_name(d: NaiveDate) -> String {
-    format!(
-        "detections_p{:04}{:02}{:02}",
-        d.year(),
-        d.month(),
-        d.day()
-    )
+    format!("detections_p{:04}{:02}{:02}", d.year(), d.month(), d.day())
 }
 
 impl PgStore {
@@ -305,10 +300,7 @@ impl PgStore {
             pool,
             timescaledb_available: false,
         };
-        store
-            .migrate()
-            .await
-            .map_err(|e| open_err(e.to_string()))?;
+        store.migrate().await.map_err(|e| open_err(e.to_string()))?;
         let timescaledb_available = store
             .pool
             .get()
@@ -320,7 +312,9 @@ impl PgStore {
             .await?
             .is_some();
         if timescaledb_available {
-            tracing::warn!("the timescaledb extension is available but this build uses native partitions");
+            tracing::warn!(
+                "the timescaledb extension is available but this build uses native partitions"
+            );
         }
         let store = Self {
             timescaledb_available,
@@ -364,7 +358,10 @@ impl PgStore {
             let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
             tx.execute(
                 "INSERT INTO edgeqi_schema (version, applied_by) VALUES ($1, $2)",
-                &[&version, &concat!("edgeqi-aggregator ", env!("CARGO_PKG_VERSION"))],
+                &[
+                    &version,
+                    &concat!("edgeqi-aggregator ", env!("CARGO_PKG_VERSION")),
+                ],
             )
             .await?;
             tracing::info!(version, "applied PostgreSQL migration");
@@ -389,10 +386,7 @@ impl PgStore {
             if exists {
                 continue;
             }
-            let (from, to) = (
-                day_start(day),
-                day_start(day + chrono::Duration::days(1)),
-            );
+            let (from, to) = (day_start(day), day_start(day + chrono::Duration::days(1)));
             let sql = format!(
                 "CREATE TABLE IF NOT EXISTS {name} PARTITION OF detections FOR VALUES FROM ('{}') TO ('{}')",
                 from.to_rfc3339(),
@@ -732,8 +726,8 @@ impl PgStore {
                     .get(&key)
                     .map_or(0, |v| u64::try_from(*v).unwrap_or(0));
                 let seq = i64::try_from(b.seq).unwrap_or(i64::MAX);
-                let is_new = !p.dup_in_group
-                    && new_set.contains(&(b.node_id.clone(), b.epoch.clone(), seq));
+                let is_new =
+                    !p.dup_in_group && new_set.contains(&(b.node_id.clone(), b.epoch.clone(), seq));
                 IngestOutcome {
                     duplicate: !is_new,
                     acked_seq,
@@ -774,9 +768,7 @@ impl Store for PgStore {
         for (id, hb) in latest {
             ids.push(id.to_owned());
             intervals.push(i32::try_from(hb.interval_s).unwrap_or(i32::MAX));
-            docs.push(
-                serde_json::to_value(hb).map_err(|e| StoreError::Database(e.to_string()))?,
-            );
+            docs.push(serde_json::to_value(hb).map_err(|e| StoreError::Database(e.to_string()))?);
         }
         let client = self.pool.get().await?;
         let stmt = client
@@ -831,7 +823,10 @@ impl Store for PgStore {
             )
             .await?;
         client
-            .execute(&stmt, &[&topic, &node_id, &reason_code, &reason, &kept, &size])
+            .execute(
+                &stmt,
+                &[&topic, &node_id, &reason_code, &reason, &kept, &size],
+            )
             .await?;
         Ok(())
     }
@@ -1090,10 +1085,7 @@ impl Store for PgStore {
             // Only the latest heartbeat is kept per node; forget nodes silent
             // for longer than the retention (their ledger stays).
             report.nodes_forgotten = client
-                .execute(
-                    "DELETE FROM nodes WHERE last_seen < $1",
-                    &[&(now - keep)],
-                )
+                .execute("DELETE FROM nodes WHERE last_seen < $1", &[&(now - keep)])
                 .await?;
         }
         Ok(report)
@@ -1122,11 +1114,7 @@ pub(crate) mod test_db {
 
     pub async fn fresh() -> Option<TestDb> {
         let admin_url = std::env::var("EDGEQI_TEST_DATABASE_URL").ok()?;
-        let name = format!(
-            "edgeqi_t_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let name = format!("edgeqi_t_{}_{}", std::process::id(), rand::random::<u32>());
         let (client, conn) = tokio_postgres::connect(&admin_url, NoTls)
             .await
             .expect("EDGEQI_TEST_DATABASE_URL is set but the server is unreachable");
@@ -1150,7 +1138,10 @@ pub(crate) mod test_db {
             if let Ok((client, conn)) = tokio_postgres::connect(&self.admin_url, NoTls).await {
                 tokio::spawn(conn);
                 let _ = client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.name
+                    ))
                     .await;
             }
         }

@@ -213,7 +213,10 @@ fn touch_node(tx: &rusqlite::Transaction<'_>, node_id: &str, now_ms: i64) -> rus
 }
 
 /// Stores a group of batches in one transaction: one fsync for all of them.
-fn ingest_group(conn: &mut Connection, batches: &[DetectionBatch]) -> StoreResult<Vec<IngestOutcome>> {
+fn ingest_group(
+    conn: &mut Connection,
+    batches: &[DetectionBatch],
+) -> StoreResult<Vec<IngestOutcome>> {
     let tx = conn.transaction()?;
     let mut out = Vec::with_capacity(batches.len());
     for b in batches {
@@ -349,7 +352,11 @@ fn detections_sql(q: &DetectionQuery) -> (String, Vec<rusqlite::types::Value>) {
     if let Some(nodes) = &q.node_ids {
         // Bound as one JSON array so any number of nodes is one parameter.
         let list = serde_json::to_string(nodes).unwrap_or_else(|_| "[]".into());
-        arg(&mut sql, " AND node_id IN (SELECT value FROM json_each(?))", list.into());
+        arg(
+            &mut sql,
+            " AND node_id IN (SELECT value FROM json_each(?))",
+            list.into(),
+        );
     }
     if let Some(v) = &q.camera_id {
         arg(&mut sql, " AND camera_id = ?", v.clone().into());
@@ -385,7 +392,8 @@ impl SqliteStore {
         let (sql, args) = detections_sql(q);
         self.read(move |c| {
             let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
+            let rows =
+                stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("\n"))
         })
         .await
@@ -628,7 +636,9 @@ impl Store for SqliteStore {
                  WHERE node_id IN (SELECT value FROM json_each(?1)) GROUP BY label",
             )?;
             let by_class = stmt
-                .query_map([list], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+                .query_map([list], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?
                 .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()?;
             Ok(Summary {
                 detections_total: by_class.values().sum(),
@@ -670,7 +680,9 @@ impl Store for SqliteStore {
             TimeseriesBy::Camera => "camera_id",
             TimeseriesBy::Zone => "COALESCE(zone, '')",
         };
-        let bucket_ms = i64::try_from(q.bucket.as_millis()).unwrap_or(i64::MAX).max(1);
+        let bucket_ms = i64::try_from(q.bucket.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
         let (since, until) = (ms(q.since), ms(q.until));
         // Live rows through detections_by_time, compacted counts through
         // detection_counts_by_time.
@@ -708,8 +720,10 @@ impl Store for SqliteStore {
                 let cutoff = ms(now - keep);
                 report.detections_deleted = (tx
                     .execute("DELETE FROM detections WHERE ts_ms < ?1", [cutoff])?
-                    + tx.execute("DELETE FROM detection_counts WHERE minute_ms < ?1", [cutoff])?)
-                    as u64;
+                    + tx.execute(
+                        "DELETE FROM detection_counts WHERE minute_ms < ?1",
+                        [cutoff],
+                    )?) as u64;
             }
             if let Some(keep) = policy.dead_letters {
                 report.dead_letters_deleted = tx.execute(
@@ -718,9 +732,10 @@ impl Store for SqliteStore {
                 )? as u64;
             }
             if let Some(keep) = policy.heartbeats {
-                report.nodes_forgotten = tx
-                    .execute("DELETE FROM nodes WHERE last_seen_ms < ?1", [ms(now - keep)])?
-                    as u64;
+                report.nodes_forgotten = tx.execute(
+                    "DELETE FROM nodes WHERE last_seen_ms < ?1",
+                    [ms(now - keep)],
+                )? as u64;
             }
             tx.commit()?;
             Ok(report)

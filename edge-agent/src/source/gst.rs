@@ -123,7 +123,11 @@ impl GstSource {
     /// Builds and starts the pipeline, then waits (up to `stall_timeout`) for
     /// the first frame so that a wrong URL or a corrupt file fails here, as
     /// [`SourceError::Open`], with GStreamer's reason.
-    pub fn open(spec: &SourceSpec, camera_id: &str, opts: &OpenOptions) -> Result<Self, SourceError> {
+    pub fn open(
+        spec: &SourceSpec,
+        camera_id: &str,
+        opts: &OpenOptions,
+    ) -> Result<Self, SourceError> {
         init()?;
         let what = spec.display();
         let open_err = |reason: String| SourceError::Open {
@@ -261,10 +265,14 @@ impl GstSource {
             what: self.what.clone(),
             reason,
         };
-        let caps = sample.caps().ok_or_else(|| bad("sample without caps".into()))?;
+        let caps = sample
+            .caps()
+            .ok_or_else(|| bad("sample without caps".into()))?;
         let info = gst_video::VideoInfo::from_caps(caps)
             .map_err(|e| bad(format!("unreadable video caps: {e}")))?;
-        let buffer = sample.buffer().ok_or_else(|| bad("sample without buffer".into()))?;
+        let buffer = sample
+            .buffer()
+            .ok_or_else(|| bad("sample without buffer".into()))?;
         let map = buffer
             .map_readable()
             .map_err(|e| bad(format!("cannot read the buffer: {e}")))?;
@@ -323,7 +331,10 @@ impl FrameSource for GstSource {
                     return Ok(None);
                 }
                 self.pipeline
-                    .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
+                    .seek_simple(
+                        gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
+                        gst::ClockTime::ZERO,
+                    )
                     .map_err(|e| self.failure(format!("cannot rewind to loop: {e}")))?;
                 continue;
             }
@@ -378,9 +389,18 @@ mod tests {
             SourceSpec::parse("rtsp://u:p@cam/1?transport=udp&decoder=v4l2h264dec").expect("rtsp");
         let live = describe(&rtsp, &OpenOptions::default()).expect("gst");
         assert!(live.contains("protocols=udp"), "{live}");
-        assert!(live.contains("parsebin ! v4l2h264dec"), "hardware decoder by name: {live}");
-        assert!(live.contains("max-buffers=1 drop=true"), "newest frame only: {live}");
-        assert!(!live.contains("u:p") && !live.contains("cam/1"), "location and credentials are properties: {live}");
+        assert!(
+            live.contains("parsebin ! v4l2h264dec"),
+            "hardware decoder by name: {live}"
+        );
+        assert!(
+            live.contains("max-buffers=1 drop=true"),
+            "newest frame only: {live}"
+        );
+        assert!(
+            !live.contains("u:p") && !live.contains("cam/1"),
+            "location and credentials are properties: {live}"
+        );
         let (file, _) = SourceSpec::parse("file:///v/a.mp4").expect("file");
         let offline = describe(
             &file,
@@ -390,9 +410,17 @@ mod tests {
             },
         )
         .expect("gst");
-        assert!(offline.contains("decodebin") && offline.contains("drop=false") && offline.contains("sync=false"), "{offline}");
+        assert!(
+            offline.contains("decodebin")
+                && offline.contains("drop=false")
+                && offline.contains("sync=false"),
+            "{offline}"
+        );
         let realtime = describe(&file, &OpenOptions::default()).expect("gst");
-        assert!(realtime.contains("sync=true"), "a file played as a camera runs in real time: {realtime}");
+        assert!(
+            realtime.contains("sync=true"),
+            "a file played as a camera runs in real time: {realtime}"
+        );
     }
 
     #[test]
@@ -407,7 +435,8 @@ mod tests {
 
     #[test]
     fn street_clip_decodes_every_frame_offline() {
-        let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/street.mp4");
+        let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/testdata/street.mp4");
         assert!(clip.is_file(), "test clip {} is missing", clip.display());
         let (spec, _) = SourceSpec::parse(&format!("file://{}", clip.display())).expect("file");
         let opts = OpenOptions {

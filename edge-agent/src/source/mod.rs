@@ -177,7 +177,10 @@ fn looping_param(uri: &str, v: &str) -> Result<bool, String> {
 /// A GStreamer element name: letters, digits, `-` and `_` only, so it cannot
 /// smuggle extra pipeline syntax in.
 fn element_name(uri: &str, v: &str) -> Result<String, String> {
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         Ok(v.to_owned())
     } else {
         Err(format!(
@@ -448,7 +451,9 @@ pub fn open(
             backend: V4l2Backend::Nokhwa,
             width,
             height,
-        } => Box::new(nokhwa_cam::NokhwaSource::open(camera_id, device, *width, *height)?),
+        } => Box::new(nokhwa_cam::NokhwaSource::open(
+            camera_id, device, *width, *height,
+        )?),
         #[cfg(feature = "gstreamer")]
         SourceSpec::Rtsp { .. } | SourceSpec::File { .. } | SourceSpec::V4l2 { .. } => {
             Box::new(gst::GstSource::open(spec, camera_id, opts)?)
@@ -509,7 +514,10 @@ mod tests {
         assert_eq!((*transport, *latency_ms), (RtspTransport::Udp, 50));
         assert!(!format!("{s:?}").contains("s@cret"));
         assert!(!s.display().contains("admin"));
-        assert_eq!(redact_uri(uri), "rtsp://***@192.0.2.7:8554/live?transport=udp&latency=50");
+        assert_eq!(
+            redact_uri(uri),
+            "rtsp://***@192.0.2.7:8554/live?transport=udp&latency=50"
+        );
         assert_eq!(redact_uri("rtsp://cam/a@b"), "rtsp://cam/a@b");
         let (f, _) = SourceSpec::parse("file:///v/clip.mp4?loop=true").expect("ok");
         assert_eq!(
@@ -521,7 +529,13 @@ mod tests {
             }
         );
         let (v, _) = SourceSpec::parse("v4l2:///dev/video3").expect("ok");
-        assert!(matches!(v, SourceSpec::V4l2 { backend: V4l2Backend::Gstreamer, .. }));
+        assert!(matches!(
+            v,
+            SourceSpec::V4l2 {
+                backend: V4l2Backend::Gstreamer,
+                ..
+            }
+        ));
     }
 
     #[test]
