@@ -171,10 +171,5 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
 
 /// Opens the account store for a `sqlite://PATH` URL.
 pub fn open(url: &str) -> StoreResult<std::sync::Arc<dyn AccountStore>> {
-    match url.strip_prefix("sqlite://") {
-        Some(path) => Ok(std::sync::Arc::new(sqlite::SqliteAccounts::open(path)?)),
-        None => Err(crate::store::StoreError::UnsupportedUrl(
-            crate::store::redact_url(url),
-        )),
-    }
+    Ok(std::sync::Arc::new(sqlite::SqliteAccounts::open(url)?))
 }

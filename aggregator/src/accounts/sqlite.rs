@@ -2,14 +2,13 @@
 //! its own connection and its own schema version (`schema_versions` row
 //! `accounts`), so both evolve independently.
 
-use std::sync::{Arc, Mutex};
-
 use chrono::{TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     AccountError, AccountResult, AccountStore, ApiKey, AuditEntry, AuditRecord, Role, Tenant, User,
 };
+use crate::store::component::ComponentDb;
 use crate::store::{StoreError, StoreResult};
 
 const COMPONENT: &str = "accounts";
@@ -62,7 +61,7 @@ const MIGRATIONS: &[&str] = &[r#"
 
 #[derive(Debug, Clone)]
 pub struct SqliteAccounts {
-    conn: Arc<Mutex<Connection>>,
+    db: ComponentDb,
 }
 
 fn ts(ms: i64) -> chrono::DateTime<Utc> {
@@ -108,47 +107,9 @@ fn conflict_or(e: rusqlite::Error, what: &str) -> AccountError {
 }
 
 impl SqliteAccounts {
-    pub fn open(path: &str) -> StoreResult<Self> {
-        let open_err = |reason: String| StoreError::Open {
-            path: path.to_owned(),
-            reason,
-        };
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")
-            .map_err(|e| open_err(e.to_string()))?;
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-            .map_err(|e| open_err(e.to_string()))?;
-        let current: i64 = conn
-            .query_row(
-                "SELECT version FROM schema_versions WHERE component = ?1",
-                [COMPONENT],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| open_err(e.to_string()))?
-            .unwrap_or(0);
-        if current > MIGRATIONS.len() as i64 {
-            return Err(open_err(format!(
-                "accounts schema version {current} is newer than this aggregator's {}; run the newer aggregator",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn
-                .unchecked_transaction()
-                .map_err(|e| open_err(e.to_string()))?;
-            tx.execute_batch(sql)
-                .map_err(|e| open_err(format!("accounts migration {}: {e}", i + 1)))?;
-            tx.execute(
-                "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
-                 ON CONFLICT(component) DO UPDATE SET version = ?2",
-                params![COMPONENT, i as i64 + 1],
-            )
-            .map_err(|e| open_err(e.to_string()))?;
-            tx.commit().map_err(|e| open_err(e.to_string()))?;
-        }
+    pub fn open(url: &str) -> StoreResult<Self> {
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            db: ComponentDb::open(url, COMPONENT, MIGRATIONS)?,
         })
     }
 
@@ -156,10 +117,7 @@ impl SqliteAccounts {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner())))
-            .await
-            .map_err(|e| E::from(StoreError::Database(format!("accounts task failed: {e}"))))?
+        self.db.with(move |c| f(c)).await
     }
 }
 

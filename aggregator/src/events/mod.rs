@@ -6,15 +6,14 @@
 //! line on the dashboard, not a detection. Storage keeps its own schema
 //! version in the aggregator's SQLite file.
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine;
 use chrono::{DateTime, TimeZone, Utc};
 use edgeqi_shared::protocol::{EventBatch, Snapshot};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::store::{StoreError, StoreResult};
+use crate::store::component::ComponentDb;
+use crate::store::StoreResult;
 
 const COMPONENT: &str = "events";
 
@@ -108,7 +107,7 @@ pub struct EventQuery {
 
 #[derive(Debug, Clone)]
 pub struct EventStore {
-    conn: Arc<Mutex<Connection>>,
+    db: ComponentDb,
 }
 
 fn ts(ms: i64) -> DateTime<Utc> {
@@ -117,49 +116,8 @@ fn ts(ms: i64) -> DateTime<Utc> {
 
 impl EventStore {
     pub fn open(url: &str) -> StoreResult<Self> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .ok_or_else(|| StoreError::UnsupportedUrl(crate::store::redact_url(url)))?;
-        let open_err = |reason: String| StoreError::Open {
-            path: path.to_owned(),
-            reason,
-        };
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;
-             CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);",
-        )
-        .map_err(|e| open_err(e.to_string()))?;
-        let current: i64 = conn
-            .query_row(
-                "SELECT version FROM schema_versions WHERE component = ?1",
-                [COMPONENT],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| open_err(e.to_string()))?
-            .unwrap_or(0);
-        if current > MIGRATIONS.len() as i64 {
-            return Err(open_err(format!(
-                "events schema version {current} is newer than this aggregator's"
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn
-                .unchecked_transaction()
-                .map_err(|e| open_err(e.to_string()))?;
-            tx.execute_batch(sql)
-                .map_err(|e| open_err(format!("events migration {}: {e}", i + 1)))?;
-            tx.execute(
-                "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
-                 ON CONFLICT(component) DO UPDATE SET version = ?2",
-                params![COMPONENT, i as i64 + 1],
-            )
-            .map_err(|e| open_err(e.to_string()))?;
-            tx.commit().map_err(|e| open_err(e.to_string()))?;
-        }
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            db: ComponentDb::open(url, COMPONENT, MIGRATIONS)?,
         })
     }
 
@@ -167,10 +125,7 @@ impl EventStore {
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap_or_else(|p| p.into_inner())))
-            .await
-            .map_err(|e| StoreError::Database(format!("events task failed: {e}")))?
+        self.db.with(f).await
     }
 
     /// Stores a batch; a resent event (same id) is kept once.

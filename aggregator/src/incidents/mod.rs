@@ -505,10 +505,5 @@ pub use service::{Incidents, PhotoAnalyzer, PhotoObject};
 
 /// Opens the incident store for a `sqlite://PATH` URL.
 pub fn open(url: &str) -> StoreResult<std::sync::Arc<dyn IncidentStore>> {
-    match url.strip_prefix("sqlite://") {
-        Some(path) => Ok(std::sync::Arc::new(sqlite::SqliteIncidents::open(path)?)),
-        None => Err(crate::store::StoreError::UnsupportedUrl(
-            crate::store::redact_url(url),
-        )),
-    }
+    Ok(std::sync::Arc::new(sqlite::SqliteIncidents::open(url)?))
 }

@@ -1,8 +1,6 @@
 //! [`IncidentStore`] on SQLite, in the aggregator's database file, with its
 //! own schema version (`schema_versions` row `incidents`).
 
-use std::sync::{Arc, Mutex};
-
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -10,6 +8,7 @@ use super::{
     distance_m, Comment, DedupWindow, Incident, IncidentChange, IncidentError, IncidentFilter,
     IncidentStore, NewIncident, Report, Sla, Status,
 };
+use crate::store::component::ComponentDb;
 use crate::store::{StoreError, StoreResult};
 
 const COMPONENT: &str = "incidents";
@@ -64,7 +63,7 @@ const MIGRATIONS: &[&str] = &[r#"
 
 #[derive(Debug, Clone)]
 pub struct SqliteIncidents {
-    conn: Arc<Mutex<Connection>>,
+    db: ComponentDb,
 }
 
 fn ts(ms: i64) -> DateTime<Utc> {
@@ -122,48 +121,9 @@ fn get_incident(c: &Connection, id: i64) -> rusqlite::Result<Option<Incident>> {
 }
 
 impl SqliteIncidents {
-    pub fn open(path: &str) -> StoreResult<Self> {
-        let open_err = |reason: String| StoreError::Open {
-            path: path.to_owned(),
-            reason,
-        };
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;
-             CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);",
-        )
-        .map_err(|e| open_err(e.to_string()))?;
-        let current: i64 = conn
-            .query_row(
-                "SELECT version FROM schema_versions WHERE component = ?1",
-                [COMPONENT],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| open_err(e.to_string()))?
-            .unwrap_or(0);
-        if current > MIGRATIONS.len() as i64 {
-            return Err(open_err(format!(
-                "incidents schema version {current} is newer than this aggregator's {}",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn
-                .unchecked_transaction()
-                .map_err(|e| open_err(e.to_string()))?;
-            tx.execute_batch(sql)
-                .map_err(|e| open_err(format!("incidents migration {}: {e}", i + 1)))?;
-            tx.execute(
-                "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
-                 ON CONFLICT(component) DO UPDATE SET version = ?2",
-                params![COMPONENT, i as i64 + 1],
-            )
-            .map_err(|e| open_err(e.to_string()))?;
-            tx.commit().map_err(|e| open_err(e.to_string()))?;
-        }
+    pub fn open(url: &str) -> StoreResult<Self> {
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            db: ComponentDb::open(url, COMPONENT, MIGRATIONS)?,
         })
     }
 
@@ -171,10 +131,7 @@ impl SqliteIncidents {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap_or_else(|p| p.into_inner())))
-            .await
-            .map_err(|e| E::from(StoreError::Database(format!("incident task failed: {e}"))))?
+        self.db.with(f).await
     }
 }
 

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use edgeqi_shared::{DetectionBatch, Heartbeat, NodeStatus};
 use serde::Serialize;
 
+pub mod component;
 pub mod postgres;
 pub mod sqlite;
 
