@@ -185,6 +185,44 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Totals over every node, or only `nodes` (a tenant's).
+    async fn summary_of(
+        &self,
+        now: DateTime<Utc>,
+        nodes: Option<Vec<String>>,
+    ) -> StoreResult<Summary> {
+        let records: Vec<NodeRecord> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| nodes.as_ref().is_none_or(|only| only.contains(&n.node_id)))
+            .collect();
+        let nodes_online = records.iter().filter(|n| n.is_online(now)).count() as u64;
+        let nodes_total = records.len() as u64;
+        // NULL means every node; otherwise a JSON array bound as one parameter.
+        let list = nodes.map(|n| serde_json::to_string(&n).unwrap_or_else(|_| "[]".into()));
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT label, COUNT(*) FROM detections
+                 WHERE ?1 IS NULL OR node_id IN (SELECT value FROM json_each(?1)) GROUP BY label",
+            )?;
+            let by_class = stmt
+                .query_map([list], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()?;
+            Ok(Summary {
+                detections_total: by_class.values().sum(),
+                by_class,
+                nodes_total,
+                nodes_online,
+            })
+        })
+        .await
+    }
+}
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > MIGRATIONS.len() {
@@ -599,55 +637,11 @@ impl Store for SqliteStore {
     }
 
     async fn summary(&self, now: DateTime<Utc>) -> StoreResult<Summary> {
-        let nodes = self.nodes().await?;
-        let nodes_online = nodes.iter().filter(|n| n.is_online(now)).count() as u64;
-        let nodes_total = nodes.len() as u64;
-        self.read(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT label, COUNT(*) FROM detections GROUP BY label")?;
-            let by_class = stmt
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })?
-                .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()?;
-            Ok(Summary {
-                detections_total: by_class.values().sum(),
-                by_class,
-                nodes_total,
-                nodes_online,
-            })
-        })
-        .await
+        self.summary_of(now, None).await
     }
 
     async fn summary_for(&self, now: DateTime<Utc>, node_ids: &[String]) -> StoreResult<Summary> {
-        let nodes: Vec<NodeRecord> = self
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| node_ids.contains(&n.node_id))
-            .collect();
-        let nodes_online = nodes.iter().filter(|n| n.is_online(now)).count() as u64;
-        let nodes_total = nodes.len() as u64;
-        let list = serde_json::to_string(node_ids).unwrap_or_else(|_| "[]".into());
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT label, COUNT(*) FROM detections
-                 WHERE node_id IN (SELECT value FROM json_each(?1)) GROUP BY label",
-            )?;
-            let by_class = stmt
-                .query_map([list], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })?
-                .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()?;
-            Ok(Summary {
-                detections_total: by_class.values().sum(),
-                by_class,
-                nodes_total,
-                nodes_online,
-            })
-        })
-        .await
+        self.summary_of(now, Some(node_ids.to_vec())).await
     }
 
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
