@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::detect::ObjectBox;
+pub use edgeqi_shared::geometry::iou;
 
 /// `[tracker]` settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,20 +111,6 @@ pub struct Tracker {
 
 fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f32 {
     (to - from).num_microseconds().unwrap_or(0).max(0) as f32 / 1e6
-}
-
-/// Intersection over union of two `[x1, y1, x2, y2]` boxes.
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union <= 0.0 {
-        0.0
-    } else {
-        inter / union
-    }
 }
 
 impl Tracker {

@@ -6,6 +6,7 @@ pub mod config;
 #[cfg(feature = "detector")]
 pub mod detector;
 pub mod endpoint;
+pub mod geometry;
 pub mod protocol;
 pub mod topic;
 

@@ -543,8 +543,8 @@ async fn copy_baseline(url: &str, rows: u64) -> Result<f64> {
         let path = path.to_owned();
         return tokio::task::spawn_blocking(move || sqlite_baseline(&path, rows)).await?;
     }
+    use edgeqi_aggregator::store::postgres::{DETECTION_COLUMNS, DETECTION_TYPES};
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::Type;
     let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     client
@@ -563,28 +563,12 @@ async fn copy_baseline(url: &str, rows: u64) -> Result<f64> {
     let started = Instant::now();
     let tx = client.transaction().await?;
     let sink = tx
-        .copy_in("COPY bench_copy_baseline (id, node_id, epoch, seq, ts, camera_id, class_id, label, score, x1, y1, x2, y2, track_id, zone) FROM STDIN BINARY")
+        .copy_in(&format!(
+            "COPY bench_copy_baseline ({DETECTION_COLUMNS}) FROM STDIN BINARY"
+        ))
         .await?;
-    let w = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::INT8,
-            Type::TEXT,
-            Type::TEXT,
-            Type::INT8,
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-            Type::INT4,
-            Type::TEXT,
-            Type::FLOAT4,
-            Type::FLOAT4,
-            Type::FLOAT4,
-            Type::FLOAT4,
-            Type::FLOAT4,
-            Type::INT8,
-            Type::TEXT,
-        ],
-    );
+    // The same columns and binary types as the store's own COPY.
+    let w = BinaryCopyInWriter::new(sink, DETECTION_TYPES);
     let mut w = std::pin::pin!(w);
     let ts = chrono::Utc::now();
     let epoch = "baseline".to_owned();

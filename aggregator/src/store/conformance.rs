@@ -192,6 +192,14 @@ async fn keyset_pagination_and_filters(s: &dyn Store) {
         .expect("scoped")
         .items
         .is_empty());
+    // The same scoping for summaries.
+    let sum = s
+        .summary_for(Utc::now(), &["p".to_owned()])
+        .await
+        .expect("scoped summary");
+    assert_eq!((sum.detections_total, sum.nodes_total), (35, 1));
+    let none = s.summary_for(Utc::now(), &[]).await.expect("empty scope");
+    assert_eq!((none.detections_total, none.nodes_total), (0, 0));
     for d in &items {
         assert_eq!(
             (d.camera_id.as_str(), d.label.as_str()),

@@ -138,10 +138,12 @@ const STAGING_DDL: &str = r#"
     ) ON COMMIT DELETE ROWS;
 "#;
 
-const DETECTION_COLUMNS: &str =
+/// Columns of `detections` in COPY order (also the bench's raw-COPY baseline).
+pub const DETECTION_COLUMNS: &str =
     "id, node_id, epoch, seq, ts, camera_id, class_id, label, score, x1, y1, x2, y2, track_id, zone";
 
-const DETECTION_TYPES: &[Type] = &[
+/// Binary COPY types of [`DETECTION_COLUMNS`].
+pub const DETECTION_TYPES: &[Type] = &[
     Type::INT8,
     Type::TEXT,
     Type::TEXT,
@@ -744,6 +746,41 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Totals over every node, or only `nodes` (a tenant's).
+    async fn summary_of(
+        &self,
+        now: DateTime<Utc>,
+        nodes: Option<&[String]>,
+    ) -> StoreResult<Summary> {
+        let records: Vec<NodeRecord> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| nodes.is_none_or(|only| only.contains(&n.node_id)))
+            .collect();
+        let nodes_online = records.iter().filter(|n| n.is_online(now)).count() as u64;
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT label, COUNT(*) FROM detections
+                 WHERE $1::text[] IS NULL OR node_id = ANY($1::text[]) GROUP BY label",
+                &[&nodes],
+            )
+            .await?;
+        let by_class: std::collections::BTreeMap<String, u64> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+            .collect();
+        Ok(Summary {
+            detections_total: by_class.values().sum(),
+            by_class,
+            nodes_total: records.len() as u64,
+            nodes_online,
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ingest_batches(&self, batches: &[DetectionBatch]) -> StoreResult<Vec<IngestOutcome>> {
@@ -935,48 +972,11 @@ impl Store for PgStore {
     }
 
     async fn summary(&self, now: DateTime<Utc>) -> StoreResult<Summary> {
-        let nodes = self.nodes().await?;
-        let nodes_online = nodes.iter().filter(|n| n.is_online(now)).count() as u64;
-        let client = self.pool.get().await?;
-        let rows = client
-            .query("SELECT label, COUNT(*) FROM detections GROUP BY label", &[])
-            .await?;
-        let by_class: std::collections::BTreeMap<String, u64> = rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
-            .collect();
-        Ok(Summary {
-            detections_total: by_class.values().sum(),
-            by_class,
-            nodes_total: nodes.len() as u64,
-            nodes_online,
-        })
+        self.summary_of(now, None).await
     }
 
     async fn summary_for(&self, now: DateTime<Utc>, node_ids: &[String]) -> StoreResult<Summary> {
-        let nodes = self.nodes().await?;
-        let mine: Vec<&NodeRecord> = nodes
-            .iter()
-            .filter(|n| node_ids.contains(&n.node_id))
-            .collect();
-        let nodes_online = mine.iter().filter(|n| n.is_online(now)).count() as u64;
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT label, COUNT(*) FROM detections WHERE node_id = ANY($1) GROUP BY label",
-                &[&node_ids],
-            )
-            .await?;
-        let by_class: std::collections::BTreeMap<String, u64> = rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
-            .collect();
-        Ok(Summary {
-            detections_total: by_class.values().sum(),
-            by_class,
-            nodes_total: mine.len() as u64,
-            nodes_online,
-        })
+        self.summary_of(now, Some(node_ids)).await
     }
 
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
