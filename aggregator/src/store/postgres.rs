@@ -1,11 +1,13 @@
 //! The PostgreSQL backend, for a city's worth of cameras.
 //!
 //! Ingest is set based: a group of batches (several nodes, several queued
-//! publishes) is written with binary `COPY` into per-connection temporary
-//! staging tables, then moved in one transaction with
-//! `INSERT … ON CONFLICT DO NOTHING` on the batch key `(node_id, epoch, seq)`,
-//! so a resent batch never duplicates rows and the ledger commits with the
-//! rows it describes. The caller acks only after this commit returns.
+//! publishes) is stored in one transaction. The batch headers go with binary
+//! `COPY` into a per-connection temporary staging table and are moved with
+//! `INSERT … ON CONFLICT DO NOTHING` on the batch key `(node_id, epoch, seq)`;
+//! the rows of exactly the batches that insert claimed are then binary-COPYed
+//! into `detections`. A resent batch never duplicates rows and the ledger
+//! commits with the rows it describes. The caller acks only after this commit
+//! returns.
 //!
 //! Detections live in a table partitioned by day on `ts`; partitions are
 //! created ahead of time by [`PgStore::maintain`] and dropped by retention.
@@ -119,22 +121,12 @@ const DEAD_LETTER_MAX_PAYLOAD: usize = 64 * 1024;
 /// Daily partitions are created this many days ahead.
 const PARTITIONS_AHEAD_DAYS: i64 = 3;
 
-/// Per-connection staging tables: unlogged by nature (temporary), no indexes,
-/// emptied at commit.
+/// Per-connection staging table for batch headers: unlogged by nature
+/// (temporary), no indexes, emptied at commit.
 const STAGING_DDL: &str = r#"
     CREATE TEMP TABLE IF NOT EXISTS stage_batches (
         node_id TEXT NOT NULL, epoch TEXT NOT NULL, seq BIGINT NOT NULL,
         detections INTEGER NOT NULL, counts INTEGER NOT NULL
-    ) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS stage_detections (
-        id BIGINT NOT NULL, node_id TEXT NOT NULL, epoch TEXT NOT NULL, seq BIGINT NOT NULL,
-        ts TIMESTAMPTZ NOT NULL, camera_id TEXT NOT NULL, class_id INTEGER, label TEXT NOT NULL,
-        score REAL NOT NULL, x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
-        track_id BIGINT, zone TEXT
-    ) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS stage_counts (
-        node_id TEXT NOT NULL, epoch TEXT NOT NULL, seq BIGINT NOT NULL, minute TIMESTAMPTZ NOT NULL,
-        camera_id TEXT NOT NULL, zone TEXT, class_id INTEGER, label TEXT NOT NULL, count BIGINT NOT NULL
     ) ON COMMIT DELETE ROWS;
 "#;
 
@@ -500,50 +492,42 @@ fn node_from_row(r: &tokio_postgres::Row) -> NodeRecord {
 /// is stored once and answered as a duplicate).
 struct Planned<'a> {
     batch: &'a DetectionBatch,
+    /// First reserved detection id; set only for batches new to the database.
     first_id: i64,
     dup_in_group: bool,
+    /// Not stored before this transaction: its rows are written now.
+    is_new: bool,
 }
 
 impl PgStore {
+    /// Stores one group in one transaction.
+    ///
+    /// Idempotency is decided per batch, not per row: the batch headers are
+    /// COPYed into staging and moved with `INSERT … ON CONFLICT DO NOTHING
+    /// RETURNING`, which names the batches this transaction owns. Only their
+    /// rows are then COPYed — straight into `detections`, because a row whose
+    /// batch key is new cannot already exist. Staging the rows as well (the
+    /// first design) wrote every detection twice and capped ingest at about
+    /// half the raw COPY rate (docs/PERFORMANCE.md).
     async fn ingest_group(&self, batches: &[DetectionBatch]) -> StoreResult<Vec<IngestOutcome>> {
-        // The staging tables were made when the connection was (post_create).
+        // The staging table was made when the connection was (post_create).
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
             .await?;
 
         let mut seen = HashSet::new();
-        let mut planned = Vec::with_capacity(batches.len());
-        let mut rows_needed = 0i64;
-        for b in batches {
-            let dup_in_group = !seen.insert((b.node_id.as_str(), b.epoch.as_str(), b.seq));
-            if !dup_in_group {
-                rows_needed += b.detections.len() as i64;
-            }
-            planned.push(Planned {
+        let mut planned: Vec<Planned> = batches
+            .iter()
+            .map(|b| Planned {
                 batch: b,
                 first_id: 0,
-                dup_in_group,
-            });
-        }
-        // One round trip reserves ids for every row of the group; the writer
-        // lock above makes the block contiguous and exclusive.
-        if rows_needed > 0 {
-            let last: i64 = tx
-                .query_one(
-                    "SELECT setval('detections_id_seq', nextval('detections_id_seq') + $1 - 1)",
-                    &[&rows_needed],
-                )
-                .await?
-                .get(0);
-            let mut next = last - rows_needed + 1;
-            for p in planned.iter_mut().filter(|p| !p.dup_in_group) {
-                p.first_id = next;
-                next += p.batch.detections.len() as i64;
-            }
-        }
+                dup_in_group: !seen.insert((b.node_id.as_str(), b.epoch.as_str(), b.seq)),
+                is_new: false,
+            })
+            .collect();
 
-        // Stage batch headers and rows with binary COPY.
+        // Stage the batch headers and claim the ones not stored before.
         {
             let sink = tx
                 .copy_in("COPY stage_batches (node_id, epoch, seq, detections, counts) FROM STDIN BINARY")
@@ -563,15 +547,52 @@ impl PgStore {
             }
             w.finish().await?;
         }
+        let new_keys = tx
+            .query(
+                "INSERT INTO batches (node_id, epoch, seq, received_at, detections, counts)
+                 SELECT node_id, epoch, seq, now(), detections, counts FROM stage_batches
+                 ON CONFLICT DO NOTHING
+                 RETURNING node_id, epoch, seq",
+                &[],
+            )
+            .await?;
+        let new_set: HashSet<(String, String, i64)> = new_keys
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let mut rows_needed = 0i64;
+        for p in planned.iter_mut().filter(|p| !p.dup_in_group) {
+            let b = p.batch;
+            let key = (b.node_id.clone(), b.epoch.clone(), seq_i64(b.seq)?);
+            p.is_new = new_set.contains(&key);
+            if p.is_new {
+                rows_needed += b.detections.len() as i64;
+            }
+        }
+
+        // One round trip reserves ids for every new row of the group; the
+        // writer lock above makes the block contiguous and exclusive.
         if rows_needed > 0 {
+            let last: i64 = tx
+                .query_one(
+                    "SELECT setval('detections_id_seq', nextval('detections_id_seq') + $1 - 1)",
+                    &[&rows_needed],
+                )
+                .await?
+                .get(0);
+            let mut next = last - rows_needed + 1;
+            for p in planned.iter_mut().filter(|p| p.is_new) {
+                p.first_id = next;
+                next += p.batch.detections.len() as i64;
+            }
             let sink = tx
                 .copy_in(&format!(
-                    "COPY stage_detections ({DETECTION_COLUMNS}) FROM STDIN BINARY"
+                    "COPY detections ({DETECTION_COLUMNS}) FROM STDIN BINARY"
                 ))
                 .await?;
             let w = BinaryCopyInWriter::new(sink, DETECTION_TYPES);
             let mut w = std::pin::pin!(w);
-            for p in planned.iter().filter(|p| !p.dup_in_group) {
+            for p in planned.iter().filter(|p| p.is_new) {
                 let b = p.batch;
                 let seq = seq_i64(b.seq)?;
                 for (i, d) in b.detections.iter().enumerate() {
@@ -602,12 +623,9 @@ impl PgStore {
             }
             w.finish().await?;
         }
-        let any_counts = planned
-            .iter()
-            .any(|p| !p.dup_in_group && !p.batch.counts.is_empty());
-        if any_counts {
+        if planned.iter().any(|p| p.is_new && !p.batch.counts.is_empty()) {
             let sink = tx
-                .copy_in("COPY stage_counts (node_id, epoch, seq, minute, camera_id, zone, class_id, label, count) FROM STDIN BINARY")
+                .copy_in("COPY detection_counts (node_id, epoch, seq, minute, camera_id, zone, class_id, label, count) FROM STDIN BINARY")
                 .await?;
             let w = BinaryCopyInWriter::new(
                 sink,
@@ -624,7 +642,7 @@ impl PgStore {
                 ],
             );
             let mut w = std::pin::pin!(w);
-            for p in planned.iter().filter(|p| !p.dup_in_group) {
+            for p in planned.iter().filter(|p| p.is_new) {
                 let b = p.batch;
                 let seq = seq_i64(b.seq)?;
                 for c in &b.counts {
@@ -649,46 +667,36 @@ impl PgStore {
             w.finish().await?;
         }
 
-        // Move the new batches (and only those) out of staging, then advance
-        // every touched epoch's contiguous prefix, set based.
-        let new_keys = tx
-            .query(
+        // Ledger and node registry for the new batches, set based.
+        if !new_set.is_empty() {
+            let (mut nodes, mut epochs, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+            for (n, e, s) in &new_set {
+                nodes.push(n.as_str());
+                epochs.push(e.as_str());
+                seqs.push(*s);
+            }
+            tx.execute(
                 r#"
                 WITH new AS (
-                    INSERT INTO batches (node_id, epoch, seq, received_at, detections, counts)
-                    SELECT node_id, epoch, seq, now(), detections, counts FROM stage_batches
-                    ON CONFLICT DO NOTHING
-                    RETURNING node_id, epoch, seq
-                ), moved AS (
-                    INSERT INTO detections (id, node_id, epoch, seq, ts, camera_id, class_id, label, score, x1, y1, x2, y2, track_id, zone)
-                    SELECT d.id, d.node_id, d.epoch, d.seq, d.ts, d.camera_id, d.class_id, d.label, d.score, d.x1, d.y1, d.x2, d.y2, d.track_id, d.zone
-                    FROM stage_detections d JOIN new USING (node_id, epoch, seq)
-                ), counted AS (
-                    INSERT INTO detection_counts (node_id, epoch, seq, minute, camera_id, zone, class_id, label, count)
-                    SELECT c.node_id, c.epoch, c.seq, c.minute, c.camera_id, c.zone, c.class_id, c.label, c.count
-                    FROM stage_counts c JOIN new USING (node_id, epoch, seq)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) AS n(node_id, epoch, seq)
                 ), ledgered AS (
                     INSERT INTO ledger (node_id, epoch, acked_seq, max_seq, batches)
                     SELECT node_id, epoch, 0, MAX(seq), COUNT(*) FROM new GROUP BY node_id, epoch
                     ON CONFLICT (node_id, epoch) DO UPDATE
                     SET max_seq = GREATEST(ledger.max_seq, EXCLUDED.max_seq),
                         batches = ledger.batches + EXCLUDED.batches
-                ), touched AS (
-                    INSERT INTO nodes (node_id, first_seen, last_seen)
-                    SELECT DISTINCT node_id, now(), now() FROM new
-                    ON CONFLICT (node_id) DO UPDATE SET last_seen = GREATEST(nodes.last_seen, EXCLUDED.last_seen)
                 )
-                SELECT node_id, epoch, seq FROM new
+                INSERT INTO nodes (node_id, first_seen, last_seen)
+                SELECT DISTINCT node_id, now(), now() FROM new
+                ON CONFLICT (node_id) DO UPDATE SET last_seen = GREATEST(nodes.last_seen, EXCLUDED.last_seen)
                 "#,
-                &[],
+                &[&nodes, &epochs, &seqs],
             )
             .await?;
-        let new_set: HashSet<(String, String, i64)> = new_keys
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        // A data-modifying CTE's rows are invisible to the rest of its own
-        // statement, so the prefix advance reads them in a second statement.
+        }
+        // Advance every touched epoch's contiguous prefix over the ledger
+        // and batches written above (a separate statement: a data-modifying
+        // CTE's rows are invisible to the rest of its own statement).
         let acked_rows = tx
             .query(
                 r#"
@@ -727,9 +735,7 @@ impl PgStore {
                 let acked_seq = acked
                     .get(&key)
                     .map_or(0, |v| u64::try_from(*v).unwrap_or(0));
-                let seq = i64::try_from(b.seq).unwrap_or(i64::MAX);
-                let is_new =
-                    !p.dup_in_group && new_set.contains(&(b.node_id.clone(), b.epoch.clone(), seq));
+                let is_new = p.is_new;
                 IngestOutcome {
                     duplicate: !is_new,
                     acked_seq,
