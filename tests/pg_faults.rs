@@ -3,7 +3,9 @@
 //! again mid-stream. While the database is down the aggregator must stop
 //! acknowledging (the agent's outbox keeps growing) and `/readyz` must say
 //! so; when it returns, ingest recovers by itself, and in the end exactly
-//! what the agent's outbox accepted is stored, once.
+//! what the agent's outbox accepted is stored, once. The aggregator is
+//! started while the database is still down (it must wait, not exit), and a
+//! lock held past `statement_timeout` stands in for a slow database.
 //!
 //! Runs when `EDGEQI_TEST_DATABASE_URL` is set (scripts/test sets it after
 //! starting PostgreSQL, so the server binaries are installed); the test
@@ -164,8 +166,31 @@ fn database_outage_stops_acks_and_loses_nothing() -> Result<()> {
         .arg(pg.url())
         .env("RUST_LOG", "info,rumqttd=warn")
         .env("EDGEQI_ADMIN_TOKEN", ADMIN_TOKEN);
+    // Started while the database is down: it waits for it instead of
+    // exiting, and becomes ready by itself once the database is up.
+    pg.stop()?;
     let mut agg = Proc::spawn("edgeqi-aggregator", cmd, dir.path().join("aggregator.log"))?;
-    wait_for("aggregator ready", Duration::from_secs(30), || {
+    wait_for(
+        "the start-up wait to be logged",
+        Duration::from_secs(20),
+        || {
+            agg.log_text()
+                .contains("database unreachable at start-up")
+                .then_some(())
+        },
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        agg.is_running(),
+        "the aggregator must wait for a database that is down at start-up:\n{}",
+        agg.log_text()
+    );
+    ensure!(
+        readyz(http_port) != Some(200),
+        "not ready without a database"
+    );
+    pg.start()?;
+    wait_for("aggregator ready", Duration::from_secs(60), || {
         if !agg.is_running() {
             return Some(Err(anyhow::anyhow!(
                 "aggregator exited:\n{}",
@@ -235,6 +260,42 @@ fps = 30
     wait_for("/readyz ready again", Duration::from_secs(30), || {
         (readyz(http_port) == Some(200)).then_some(())
     })?;
+
+    // A slow database: a lock held longer than statement_timeout (5 s)
+    // makes commits fail with a timeout; ingest reports it, stops acking and
+    // goes on by itself when the lock is released.
+    let timeouts_before = agg.log_text().matches("statement timeout").count();
+    let psql = pg.bindir.join("psql").display().to_string();
+    let port = pg.port.to_string();
+    std::thread::scope(|scope| -> Result<()> {
+        let locker = scope.spawn(|| {
+            pg.run(&[
+                &psql,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-c",
+                "BEGIN; LOCK TABLE batches IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(9); COMMIT;",
+            ])
+        });
+        wait_for("a commit to time out", Duration::from_secs(20), || {
+            (agg.log_text().matches("statement timeout").count() > timeouts_before).then_some(())
+        })?;
+        ensure!(
+            readyz(http_port) == Some(503),
+            "unready while commits time out"
+        );
+        locker.join().expect("psql thread")?;
+        Ok(())
+    })?;
+    wait_for(
+        "/readyz ready after the slow spell",
+        Duration::from_secs(30),
+        || (readyz(http_port) == Some(200)).then_some(()),
+    )?;
 
     // Drain, then exactly what the outbox accepted is stored, once.
     let mut last = u64::MAX;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -127,7 +128,10 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         chrono::Duration::from_std(config.token_ttl).unwrap_or(chrono::Duration::hours(12)),
         config.admin_token.clone(),
     ));
-    let store = store::connect(&config.database_url, &config.database).await?;
+    let Some(store) = connect_store(&config).await? else {
+        tracing::info!("stopped before the database was reachable");
+        return Ok(());
+    };
     let endpoint = match &config.broker {
         BrokerMode::Embedded { listen } => {
             let addr = broker::start_embedded(*listen, config.max_packet_size)?;
@@ -217,7 +221,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let _ = sweep_task.await;
     let _ = retention_task.await;
     // WebSocket connections do not end by themselves: do not wait forever.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -228,7 +232,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
 async fn run_retention(
     store: Arc<dyn store::Store>,
     policy: store::RetentionPolicy,
-    every: std::time::Duration,
+    every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -240,6 +244,38 @@ async fn run_retention(
         match store.apply_retention(&policy, chrono::Utc::now()).await {
             Ok(r) => tracing::info!(?r, "retention applied"),
             Err(e) => tracing::warn!(error = %e, "retention failed; will retry"),
+        }
+    }
+}
+
+/// Opens the store, waiting for a database that is not reachable yet (a
+/// PostgreSQL that starts after us, a network blip at boot) instead of
+/// exiting: the embedded broker is not started meanwhile, so agents keep
+/// buffering in their outboxes. Configuration errors (bad URL, a schema newer
+/// than this binary, an unopenable SQLite file) still fail at once. Returns
+/// `None` when a stop signal arrives first.
+async fn connect_store(config: &AggregatorConfig) -> anyhow::Result<Option<Arc<dyn store::Store>>> {
+    let mut backoff = Duration::from_secs(1);
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        match store::connect(&config.database_url, &config.database).await {
+            Ok(s) => return Ok(Some(s)),
+            Err(store::StoreError::Unavailable(why)) => {
+                tracing::warn!(
+                    database = %store::redact_url(&config.database_url),
+                    error = %why,
+                    retry_in_s = backoff.as_secs(),
+                    "database unreachable at start-up; waiting for it (check that it runs and that --database-url is right)"
+                );
+                notify_systemd(&[sd_notify::NotifyState::Status("waiting for the database")]);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => return Ok(None),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -294,7 +294,12 @@ impl PgStore {
             pool,
             timescaledb_available: false,
         };
-        store.migrate().await.map_err(|e| open_err(e.to_string()))?;
+        // An unreachable server stays `Unavailable` (the caller may wait for
+        // it); a too-new schema keeps its own advice.
+        store.migrate().await.map_err(|e| match e {
+            StoreError::Database(m) => open_err(m),
+            other => other,
+        })?;
         let timescaledb_available = store
             .pool
             .get()
@@ -623,7 +628,10 @@ impl PgStore {
             }
             w.finish().await?;
         }
-        if planned.iter().any(|p| p.is_new && !p.batch.counts.is_empty()) {
+        if planned
+            .iter()
+            .any(|p| p.is_new && !p.batch.counts.is_empty())
+        {
             let sink = tx
                 .copy_in("COPY detection_counts (node_id, epoch, seq, minute, camera_id, zone, class_id, label, count) FROM STDIN BINARY")
                 .await?;
