@@ -36,9 +36,17 @@ pub enum StoreError {
     TooNew { found: usize, known: usize },
 }
 
+/// What an operator should do when the disk under the database is full.
+pub const DISK_FULL_ADVICE: &str = "the disk holding the database is full: free space on that volume (or raise the retention) — nothing is acknowledged meanwhile and ingest resumes by itself";
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => {
+                StoreError::Database(format!("{DISK_FULL_ADVICE} ({e})"))
+            }
+            _ => StoreError::Database(e.to_string()),
+        }
     }
 }
 

@@ -195,6 +195,9 @@ fn db_err(e: tokio_postgres::Error) -> StoreError {
     // The Display of a server error is only "db error"; the detail (disk
     // full, timeout, constraint) is in the DbError.
     match e.as_db_error() {
+        Some(db) if *db.code() == tokio_postgres::error::SqlState::DISK_FULL => {
+            StoreError::Database(format!("{}: {}", super::DISK_FULL_ADVICE, db.message()))
+        }
         Some(db) => StoreError::Database(format!(
             "{}: {}{}",
             db.severity(),
