@@ -31,6 +31,8 @@ pub struct IngestSettings {
     pub group_max_detections: usize,
     /// Where tracker events and snapshots go (`None`: they are dead-lettered).
     pub events: Option<crate::events::EventStore>,
+    /// Where committed detections and events go for alert rules (`None`: no alerting).
+    pub alerts: Option<crate::alerts::AlertFeed>,
 }
 
 /// Shared with the HTTP layer: is ingest connected to the broker?
@@ -86,6 +88,7 @@ pub async fn run(
         group_max_detections: settings.group_max_detections.max(1),
         health: health.clone(),
         events: settings.events.clone(),
+        alerts: settings.alerts.clone(),
     };
     let processor = tokio::spawn(worker.run(rx));
     let _ = shutdown.wait_for(|s| *s).await;
@@ -147,6 +150,7 @@ struct Worker {
     group_max_detections: usize,
     health: Arc<IngestHealth>,
     events: Option<crate::events::EventStore>,
+    alerts: Option<crate::alerts::AlertFeed>,
 }
 
 /// The most publishes taken from the queue for one group commit.
@@ -258,6 +262,10 @@ impl Worker {
                         self.retry("track events", || events.record_events(batch.clone()))
                             .await;
                         metrics::counter!("edgeqi_ingest_track_events_total").increment(n);
+                        // Stored: now alert rules may see them.
+                        if let Some(feed) = self.alerts.as_ref().filter(|f| f.wants()) {
+                            feed.offer(crate::alerts::Observation::from_events(&batch));
+                        }
                         if let Ok(v) = serde_json::to_value(&batch) {
                             self.live.send(LiveEvent::TrackEvents(v));
                         }
@@ -410,7 +418,17 @@ impl Worker {
     async fn acknowledge(&self, batches: &[DetectionBatch], outcomes: Vec<IngestOutcome>) {
         let mut acks: Vec<(&str, &str, u64)> = Vec::new();
         let watched = self.live.is_watched();
+        // Committed detections for alert rules, handed over once per chunk.
+        let alerting = self.alerts.as_ref().filter(|f| f.wants());
+        let mut observations = Vec::new();
         for (batch, outcome) in batches.iter().zip(outcomes) {
+            if alerting.is_some() && !outcome.duplicate {
+                crate::alerts::Observation::from_detections(
+                    batch,
+                    &outcome.detection_ids,
+                    &mut observations,
+                );
+            }
             if outcome.duplicate {
                 metrics::counter!("edgeqi_ingest_duplicates_total").increment(1);
                 tracing::debug!(node_id = %batch.node_id, seq = batch.seq, "duplicate batch, re-acking");
@@ -442,6 +460,9 @@ impl Worker {
                     }));
                 }
             }
+        }
+        if let Some(feed) = alerting {
+            feed.offer(observations);
         }
         for (node_id, epoch, acked_seq) in acks {
             let ack = Ack {

@@ -6,11 +6,13 @@
 //! - [`events`]: tracker events, line counts and snapshots from agents
 //! - [`incidents`]: incidents, SLAs, citizen reports, area scores
 //! - [`live`]: the broadcast bus behind the WebSocket feed
+//! - [`alerts`]: alert rules and watchlists, their evaluator and webhooks
 //! - [`accounts`]: users, roles, tenants, API keys, audit log
 //! - [`api`]: REST and WebSocket (axum)
 //! - [`config`]: file, environment and flag handling
 
 pub mod accounts;
+pub mod alerts;
 pub mod api;
 pub mod broker;
 pub mod config;

@@ -18,6 +18,8 @@ pub enum LiveEvent {
     Incident(serde_json::Value),
     /// A node's tracker events and line counts (an `EventBatch`).
     TrackEvents(serde_json::Value),
+    /// An alert rule fired (see docs/PROTOCOL.md); carries its `tenant_id`.
+    Alert(serde_json::Value),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,6 +39,7 @@ impl LiveEvent {
             LiveEvent::NodeStatus(_) => "node_status",
             LiveEvent::Incident(_) => "incident",
             LiveEvent::TrackEvents(_) => "track_events",
+            LiveEvent::Alert(_) => "alert",
         }
     }
 
@@ -46,7 +49,9 @@ impl LiveEvent {
             LiveEvent::Heartbeat(h) => h.get("node_id").and_then(|v| v.as_str()),
             LiveEvent::NodeStatus(s) => Some(&s.node_id),
             LiveEvent::Incident(_) => None,
-            LiveEvent::TrackEvents(v) => v.get("node_id").and_then(|n| n.as_str()),
+            LiveEvent::TrackEvents(v) | LiveEvent::Alert(v) => {
+                v.get("node_id").and_then(|n| n.as_str())
+            }
         }
     }
 }

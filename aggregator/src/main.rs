@@ -159,6 +159,19 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let live = live::LiveBus::new(config.live_buffer);
     let health = Arc::new(ingest::IngestHealth::default());
     let events = edgeqi_aggregator::events::EventStore::open(&config.accounts_database_url)?;
+    let (alerts, evaluator) = edgeqi_aggregator::alerts::Alerts::open(
+        &config.accounts_database_url,
+        edgeqi_aggregator::alerts::AlertSettings::default(),
+    )?;
+    alerts.rules_changed().await?;
+    let evaluator_task = tokio::spawn(evaluator.run(
+        edgeqi_aggregator::alerts::EngineDeps {
+            incidents: incidents.clone(),
+            live: live.clone(),
+            accounts: accounts.clone(),
+        },
+        shutdown_rx.clone(),
+    ));
     let settings = ingest::IngestSettings {
         endpoint: endpoint.clone(),
         client_id: config.mqtt_client_id.clone(),
@@ -168,6 +181,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         max_packet_size: config.max_packet_size,
         group_max_detections: config.ingest_group_max_detections,
         events: Some(events.clone()),
+        alerts: Some(alerts.feed()),
     };
     let ingest_task = tokio::spawn(ingest::run(
         settings,
@@ -198,6 +212,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         auth,
         incidents,
         events: events.clone(),
+        alerts,
         metrics: Some(metrics),
     });
     tracing::info!(http = %http_addr, mqtt = %endpoint, bootstrap_token = config.admin_token.is_some(), "aggregator ready");
@@ -220,6 +235,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let _ = ingest_task.await;
     let _ = sweep_task.await;
     let _ = retention_task.await;
+    let _ = evaluator_task.await;
     // WebSocket connections do not end by themselves: do not wait forever.
     let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
     tracing::info!("stopped");

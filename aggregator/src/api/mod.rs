@@ -21,12 +21,13 @@ use crate::live::LiveBus;
 use crate::store::{DetectionQuery, Store};
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 mod dashboard;
 mod error;
 pub mod events;
 pub mod incidents;
-mod ws;
+pub(crate) mod ws;
 
 use auth::{AsViewer, Authed, Principal};
 pub use error::ApiError;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub auth: Arc<auth::AuthKeys>,
     pub incidents: Arc<crate::incidents::Incidents>,
     pub events: crate::events::EventStore,
+    /// Alert rules, fired alerts, webhook deliveries.
+    pub alerts: Arc<crate::alerts::Alerts>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
@@ -111,6 +114,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/reports/{id}/photo", get(incidents::photo))
         .route("/status/{id}", get(incidents::report_status))
+        .route("/alert-rules", get(alerts::list).post(alerts::create))
+        .route(
+            "/alert-rules/{id}",
+            get(alerts::get).patch(alerts::patch).delete(alerts::delete),
+        )
+        .route("/alert-rules/{id}/deliveries", get(alerts::rule_deliveries))
+        .route("/alerts", get(alerts::fired))
+        .route("/webhooks/deliveries", get(alerts::deliveries))
         .route("/analytics/areas", get(incidents::areas))
         .route("/analytics/incidents", get(incidents::incident_stats))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })

@@ -43,6 +43,10 @@ fn fixture() -> Fixture {
                 None,
             )),
             events: crate::events::EventStore::open(&url).expect("events"),
+            // No evaluator runs here: alerting is tested in crate::alerts.
+            alerts: crate::alerts::Alerts::open(&url, Default::default())
+                .expect("alerts")
+                .0,
             metrics: None,
         },
     }

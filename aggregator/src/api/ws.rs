@@ -34,6 +34,9 @@ pub struct LiveFilter {
     /// Set by the server from the caller's tenant, never by the client.
     #[serde(skip)]
     pub allowed_nodes: Option<Vec<String>>,
+    /// The caller's tenant (server-set); alerts are scoped by it.
+    #[serde(skip)]
+    pub tenant_id: Option<i64>,
 }
 
 fn comma_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
@@ -57,7 +60,15 @@ fn comma_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<St
 
 impl LiveFilter {
     pub fn matches(&self, e: &LiveEvent) -> bool {
-        if let Some(allowed) = &self.allowed_nodes {
+        if let LiveEvent::Alert(a) = e {
+            // An alert belongs to its rule's tenant, not to the node's: a
+            // tenant's client sees its own rules' alerts only.
+            if self.tenant_id.is_some()
+                && a.get("tenant_id").and_then(|t| t.as_i64()) != self.tenant_id
+            {
+                return false;
+            }
+        } else if let Some(allowed) = &self.allowed_nodes {
             if !e.node_id().is_some_and(|n| allowed.iter().any(|a| a == n)) {
                 return false;
             }
@@ -78,6 +89,16 @@ impl LiveFilter {
                     && self.label.as_ref().is_none_or(|l| *l == d.label)
                     && self.min_score.is_none_or(|m| d.score >= m)
             }
+            LiveEvent::Alert(a) => {
+                let field = |k: &str| a.get(k).and_then(|v| v.as_str());
+                self.camera_id
+                    .as_deref()
+                    .is_none_or(|c| field("camera_id") == Some(c))
+                    && self
+                        .label
+                        .as_deref()
+                        .is_none_or(|l| field("label") == Some(l))
+            }
             _ => true,
         }
     }
@@ -90,6 +111,7 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     // A tenant's client only ever sees its tenant's nodes.
+    filter.tenant_id = who.tenant_id;
     filter.allowed_nodes = match who.tenant_id {
         None => None,
         Some(t) => Some(state.accounts.tenant_nodes(t).await?),
@@ -137,6 +159,7 @@ pub async fn serve<S, R>(
                 Some(Ok(Message::Text(t))) => Some(match serde_json::from_str::<LiveFilter>(&t) {
                     Ok(mut f) => {
                         f.allowed_nodes = filter.allowed_nodes.take();
+                        f.tenant_id = filter.tenant_id;
                         filter = f;
                         json!({"type": "subscribed", "data": {"filter": describe(&filter)}}).to_string()
                     }

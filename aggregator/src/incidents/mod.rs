@@ -159,8 +159,9 @@ impl SlaPolicy {
     }
 }
 
-/// Dedup window: a report of the same category this close in space and time
-/// joins the open incident instead of opening another.
+/// Dedup window: a report or alert of the same category this close in space
+/// and time joins the open incident instead of opening another. Two without
+/// a location (alerts from cameras with none registered) are "close".
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DedupWindow {
     pub radius_m: f64,

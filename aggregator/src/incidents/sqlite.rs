@@ -160,6 +160,9 @@ impl IncidentStore for SqliteIncidents {
                     .into_iter()
                     .filter_map(|i| match (i.lat, i.lng, new.lat, new.lng) {
                         (Some(a), Some(b), Some(x), Some(y)) => Some((distance_m(a, b, x, y), i)),
+                        // Neither has a place (alerts from cameras without a
+                        // registered location): same category and time suffice.
+                        (None, None, None, None) => Some((0.0, i)),
                         _ => None,
                     })
                     .filter(|(d, _)| *d <= window.radius_m)
