@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use edgeqi_shared::detector::decode::read_rgb as read_image;
 use edgeqi_shared::detector::import::import_onnx;
 use edgeqi_shared::detector::{profile_start, profile_take, DetectorOptions, Precision, Yolo};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -272,12 +273,10 @@ fn load(
     Ok((path, y))
 }
 
+/// Decodes an image as the reference pipeline does (JPEG via libjpeg-turbo).
 fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize), String> {
-    let img =
-        image::open(path).map_err(|e| format!("{}: cannot read the image: {e}", path.display()))?;
-    let rgb = img.to_rgb8();
-    let (w, h) = rgb.dimensions();
-    Ok((rgb.into_raw(), w as usize, h as usize))
+    let img = read_image(path).map_err(|e| e.to_string())?;
+    Ok((img.data, img.width, img.height))
 }
 
 pub fn detect(args: &DetectArgs, model: Option<&Path>) -> ExitCode {

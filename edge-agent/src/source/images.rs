@@ -80,17 +80,17 @@ impl FrameSource for ImageDirSource {
             }
             let path = &self.files[self.next];
             self.next += 1;
-            match image::open(path) {
+            // JPEG through libjpeg-turbo, as the detector's reference decodes it.
+            match edgeqi_shared::detector::decode::read_rgb(path) {
                 Ok(img) => {
-                    let rgb = img.to_rgb8();
                     self.decoded_this_pass += 1;
                     let frame = Frame {
                         camera_id: self.camera_id.clone(),
                         ts: Utc::now(),
                         seq: self.seq,
-                        width: rgb.width(),
-                        height: rgb.height(),
-                        rgb: rgb.into_raw(),
+                        width: img.width as u32,
+                        height: img.height as u32,
+                        rgb: img.data,
                     };
                     self.seq += 1;
                     return Ok(Some(frame));

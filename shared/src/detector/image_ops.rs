@@ -31,9 +31,12 @@ pub fn letterbox(
     out_w: usize,
     out_h: usize,
 ) -> (Vec<f32>, Letterbox) {
-    let gain = (out_h as f32 / h as f32).min(out_w as f32 / w as f32);
-    let new_w = ((w as f32 * gain).round() as usize).clamp(1, out_w);
-    let new_h = ((h as f32 * gain).round() as usize).clamp(1, out_h);
+    // In f64 with ties to even, as the reference's Python computes
+    // `round(w * r)`, so the resized size agrees even on exact halves.
+    let gain = (out_h as f64 / h as f64).min(out_w as f64 / w as f64);
+    let new_w = ((w as f64 * gain).round_ties_even() as usize).clamp(1, out_w);
+    let new_h = ((h as f64 * gain).round_ties_even() as usize).clamp(1, out_h);
+    let gain = gain as f32;
     let dw = (out_w - new_w) as f32 / 2.0;
     let dh = (out_h - new_h) as f32 / 2.0;
     // Ultralytics' rounding: the odd pixel of padding goes right / bottom.

@@ -7,6 +7,7 @@
 //! pool of `threads` threads, so `threads` bounds the CPU it takes.
 
 pub mod conv;
+pub mod decode;
 pub mod image_ops;
 pub mod import;
 mod model;
