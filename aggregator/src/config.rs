@@ -85,6 +85,8 @@ pub struct AggregatorConfig {
     pub retention_interval: Duration,
     /// Group commit: the most detections stored in one transaction.
     pub ingest_group_max_detections: usize,
+    /// Alert evaluator queue and webhook sending (`[alerts]`).
+    pub alerts: crate::alerts::AlertSettings,
 }
 
 impl std::fmt::Debug for AggregatorConfig {
@@ -108,6 +110,7 @@ impl std::fmt::Debug for AggregatorConfig {
                 "ingest_group_max_detections",
                 &self.ingest_group_max_detections,
             )
+            .field("alerts", &self.alerts)
             .finish()
     }
 }
@@ -285,6 +288,52 @@ impl AggregatorConfig {
                 }
             })
             .map_or(Duration::from_secs(12 * 3600), |d| d.0);
+        let alert_defaults = crate::alerts::AlertSettings::default();
+        let count = |doc: &mut ConfigDoc, key: &str, max: usize| {
+            doc.get_checked::<usize>(key, |n| {
+                if (1..=max).contains(n) {
+                    Ok(())
+                } else {
+                    Err(format!("must be 1..={max}"))
+                }
+            })
+        };
+        let span = |doc: &mut ConfigDoc, key: &str, min: Duration| {
+            doc.get_checked::<HumanDuration>(key, |d| {
+                if d.0 >= min {
+                    Ok(())
+                } else {
+                    Err(format!("must be at least {}ms", min.as_millis()))
+                }
+            })
+            .map(|d| d.0)
+        };
+        let alerts = crate::alerts::AlertSettings {
+            queue_capacity: count(&mut doc, "alerts.queue_capacity", 1_000_000)
+                .unwrap_or(alert_defaults.queue_capacity),
+            max_age: span(&mut doc, "alerts.max_age", Duration::from_secs(1))
+                .unwrap_or(alert_defaults.max_age),
+            webhook_timeout: span(
+                &mut doc,
+                "alerts.webhook_timeout",
+                Duration::from_millis(100),
+            )
+            .unwrap_or(alert_defaults.webhook_timeout),
+            webhook_backoff: span(
+                &mut doc,
+                "alerts.webhook_backoff",
+                Duration::from_millis(10),
+            )
+            .unwrap_or(alert_defaults.webhook_backoff),
+            webhook_backoff_max: span(
+                &mut doc,
+                "alerts.webhook_backoff_max",
+                Duration::from_millis(10),
+            )
+            .unwrap_or(alert_defaults.webhook_backoff_max),
+            webhook_concurrency: count(&mut doc, "alerts.webhook_concurrency", 1024)
+                .unwrap_or(alert_defaults.webhook_concurrency),
+        };
         let log_format =
             prefer(&o.log_format, doc.get::<String>("log_format")).unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
@@ -316,6 +365,7 @@ impl AggregatorConfig {
             retention,
             retention_interval,
             ingest_group_max_detections,
+            alerts,
         })
     }
 }
@@ -378,6 +428,32 @@ mod tests {
                 url: "mqtt://broker:1883".into()
             }
         );
+    }
+
+    #[test]
+    fn alert_keys_from_the_shipped_example_and_their_limits() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/aggregator.toml");
+        let c = AggregatorConfig::load(&Overrides {
+            config: Some(example.into()),
+            ..Default::default()
+        })
+        .expect("the shipped example loads");
+        assert_eq!(c.alerts.queue_capacity, 1024);
+        assert_eq!(c.alerts.webhook_backoff_max, Duration::from_secs(300));
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agg.toml");
+        std::fs::write(
+            &path,
+            "[alerts]\nqueue_capacity = 0\nwebhook_timeout = \"1ms\"\nwebhook_backoff = \"250ms\"\n",
+        )
+        .expect("write");
+        let err = AggregatorConfig::load(&Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect_err("bad alert keys");
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.clone()).collect();
+        assert_eq!(keys, ["alerts.queue_capacity", "alerts.webhook_timeout"]);
     }
 
     #[test]

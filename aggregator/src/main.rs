@@ -161,7 +161,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let events = edgeqi_aggregator::events::EventStore::open(&config.accounts_database_url)?;
     let (alerts, evaluator) = edgeqi_aggregator::alerts::Alerts::open(
         &config.accounts_database_url,
-        edgeqi_aggregator::alerts::AlertSettings::default(),
+        config.alerts.clone(),
     )?;
     alerts.rules_changed().await?;
     let evaluator_task = tokio::spawn(evaluator.run(

@@ -36,7 +36,7 @@ pub use engine::{EngineDeps, Evaluator};
 pub use store::{AlertStore, StoredRule};
 
 /// Tunables of the evaluator and the webhook sender.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertSettings {
     /// Committed batches waiting for the evaluator; when full, new ones are
     /// dropped (counted in `edgeqi_alert_observations_dropped_total`) so
@@ -593,7 +593,7 @@ impl RuleSpec {
             want.as_deref().is_none_or(|w| Some(w) == got)
         };
         o.kind == self.on
-            && (self.labels.is_empty() || self.labels.iter().any(|l| *l == o.label))
+            && (self.labels.is_empty() || self.labels.contains(&o.label))
             && o.score >= self.min_score
             && same(&self.node_id, Some(&o.node_id))
             && same(&self.camera_id, Some(&o.camera_id))

@@ -364,8 +364,11 @@ async fn schedules_gate_rules_by_time_of_day() {
 /// records what it got.
 #[derive(Clone, Default)]
 struct Receiver {
-    calls: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
 }
+
+/// Headers and raw body of one request.
+type Call = (HeaderMap, Vec<u8>);
 
 async fn hook(
     axum::extract::State(r): axum::extract::State<Receiver>,
