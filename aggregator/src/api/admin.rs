@@ -4,14 +4,15 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::{
     api_key_digest, hash_password, new_api_key, AsAdmin, AsViewer, Authed, Principal,
 };
+use super::openapi::{Items, Page};
 use super::{ApiError, AppState, JsonBody};
-use crate::accounts::{AccountError, AuditRecord, Role};
+use crate::accounts::{AccountError, ApiKey, AuditEntry, AuditRecord, Role, Tenant, User};
 
 impl From<AccountError> for ApiError {
     fn from(e: AccountError) -> Self {
@@ -62,12 +63,15 @@ pub async fn audit(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     username: String,
+    /// 8-1024 characters.
     password: String,
+    /// `admin`, `operator` or `viewer`.
     role: String,
+    /// Required for operators and viewers; a tenant admin's own tenant by default.
     tenant_id: Option<i64>,
 }
 
@@ -84,13 +88,20 @@ fn check_username(u: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /api/v1/users` (admin)
+/// Creates a user (admin; a tenant admin only in their tenant). Audited.
+#[utoipa::path(post, path = "/users", tag = "accounts", operation_id = "create_user",
+    security(("jwt" = ["admin"])), request_body = NewUser,
+    responses(
+        (status = 201, body = User),
+        (status = 409, description = "the username is taken", body = super::openapi::ErrorBody),
+        (status = 422, description = "a field is invalid; the message says which", body = super::openapi::ErrorBody),
+    ))]
 pub async fn create_user(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
     headers: HeaderMap,
     JsonBody(req): JsonBody<NewUser>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<User>), ApiError> {
     check_username(&req.username)?;
     if req.password.len() < 8 || req.password.len() > 1024 {
         return Err(ApiError::Unprocessable(
@@ -134,35 +145,42 @@ pub async fn create_user(
         after,
     )
     .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::to_value(user).unwrap_or_default()),
-    ))
+    Ok((StatusCode::CREATED, Json(user)))
 }
 
-/// `GET /api/v1/users` (admin): users of the caller's tenant, or all.
+/// Users of the caller's tenant, or all for a global admin.
+#[utoipa::path(get, path = "/users", tag = "accounts", operation_id = "list_users",
+    security(("jwt" = ["admin"])), responses((status = 200, body = Items<User>)))]
 pub async fn list_users(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        json!({ "items": state.accounts.users(who.scope()).await? }),
-    ))
+) -> Result<Json<Items<User>>, ApiError> {
+    Ok(Json(Items {
+        items: state.accounts.users(who.scope()).await?,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
+    /// 1-128 characters.
     name: String,
 }
 
-/// `POST /api/v1/tenants` (global admin)
+/// Creates a tenant (global admin only). Audited.
+#[utoipa::path(post, path = "/tenants", tag = "accounts", operation_id = "create_tenant",
+    security(("jwt" = ["admin"])), request_body = NewTenant,
+    responses(
+        (status = 201, body = Tenant),
+        (status = 403, description = "the caller is a tenant's admin, not a global one", body = super::openapi::ErrorBody),
+        (status = 409, description = "the name is taken", body = super::openapi::ErrorBody),
+    ))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
     headers: HeaderMap,
     JsonBody(req): JsonBody<NewTenant>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     if who.tenant_id.is_some() {
         return Err(ApiError::Forbidden(
             "only a global admin creates tenants".into(),
@@ -183,39 +201,58 @@ pub async fn create_tenant(
         "tenant.create",
         format!("tenant:{}", tenant.id),
         None,
-        after.clone(),
+        after,
     )
     .await;
-    Ok((StatusCode::CREATED, Json(after.unwrap_or_default())))
+    Ok((StatusCode::CREATED, Json(tenant)))
 }
 
-/// `GET /api/v1/tenants`: all for a global caller, otherwise one's own.
+/// All tenants for a global caller, otherwise the caller's own.
+#[utoipa::path(get, path = "/tenants", tag = "accounts", operation_id = "list_tenants",
+    security(("jwt" = ["viewer"])), responses((status = 200, body = Items<Tenant>)))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     Authed(who): AsViewer,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Items<Tenant>>, ApiError> {
     let items = match who.tenant_id {
         None => state.accounts.tenants().await?,
         Some(t) => state.accounts.tenant(t).await?.into_iter().collect(),
     };
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(Items { items }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     name: String,
+    /// `admin`, `operator` or `viewer`.
     role: String,
+    /// A tenant admin's keys are always in their tenant.
     tenant_id: Option<i64>,
 }
 
-/// `POST /api/v1/api-keys` (admin): the key is in the answer, once.
+/// A new API key; `key` is shown this once and only its digest is stored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub api_key: ApiKey,
+    /// Send as `Authorization: Bearer eqk_…`.
+    pub key: String,
+}
+
+/// Creates an API key for a machine (admin). Audited.
+#[utoipa::path(post, path = "/api-keys", tag = "accounts", operation_id = "create_api_key",
+    security(("jwt" = ["admin"])), request_body = NewApiKey,
+    responses(
+        (status = 201, body = CreatedApiKey),
+        (status = 422, description = "a field is invalid", body = super::openapi::ErrorBody),
+    ))]
 pub async fn create_api_key(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
     headers: HeaderMap,
     JsonBody(req): JsonBody<NewApiKey>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     let role: Role = req.role.parse().map_err(ApiError::Unprocessable)?;
     let tenant_id = who.tenant_id.or(req.tenant_id);
     if who.tenant_id.is_some() && req.tenant_id.is_some_and(|t| Some(t) != who.tenant_id) {
@@ -245,19 +282,29 @@ pub async fn create_api_key(
         after,
     )
     .await;
-    let mut body = serde_json::to_value(&stored).unwrap_or_default();
-    body["key"] = json!(key);
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            api_key: stored,
+            key,
+        }),
+    ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Provision {
     node_id: String,
     tenant_id: Option<i64>,
 }
 
-/// `POST /api/v1/nodes` (admin): registers a node under a tenant.
+/// Registers a node under a tenant (admin). Audited.
+#[utoipa::path(post, path = "/nodes", tag = "nodes", operation_id = "provision_node",
+    security(("jwt" = ["admin"])), request_body = Provision,
+    responses(
+        (status = 201, description = "the node and its tenant", body = Object),
+        (status = 422, description = "bad node id or unknown tenant", body = super::openapi::ErrorBody),
+    ))]
 pub async fn provision_node(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
@@ -294,40 +341,50 @@ pub async fn provision_node(
     Ok((StatusCode::CREATED, Json(after)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// 1..=1000, default 100.
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<i64>,
 }
 
-/// `GET /api/v1/audit` (admin), newest first; `cursor` is the last id seen.
+/// Every mutation (who, what, before/after, when, from where), newest first;
+/// a tenant admin sees their tenant's.
+#[utoipa::path(get, path = "/audit", tag = "accounts", operation_id = "audit_log",
+    security(("jwt" = ["admin"])), params(AuditParams),
+    responses((status = 200, body = Page<AuditEntry>)))]
 pub async fn audit_log(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
     Query(p): Query<AuditParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Page<AuditEntry>>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let items = state
         .accounts
         .audit_log(who.scope(), limit, p.cursor)
         .await?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|e| e.id))
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|e| e.id.to_string()))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_cursor": next })))
+    Ok(Json(Page { items, next_cursor }))
 }
 
-/// `GET /api/v1/users/{id}` (admin)
+/// One user; another tenant's is a 404.
+#[utoipa::path(get, path = "/users/{id}", tag = "accounts", operation_id = "get_user",
+    security(("jwt" = ["admin"])), params(("id" = i64, Path, description = "user id")),
+    responses((status = 200, body = User), (status = 404, description = "no such user, or another tenant's", body = super::openapi::ErrorBody)))]
 pub async fn get_user(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
     Path(id): Path<i64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<User>, ApiError> {
     let user = state
         .accounts
         .user(id)
         .await?
         .filter(|u| who.can_access(u.tenant_id))
         .ok_or_else(|| ApiError::NotFound(format!("no user {id}")))?;
-    Ok(Json(serde_json::to_value(user).unwrap_or_default()))
+    Ok(Json(user))
 }

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::admin::audit;
 use super::auth::{AsOperator, AsViewer, Authed, Principal};
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState, JsonBody};
 use crate::alerts::store::ListQuery;
 use crate::alerts::{merge_patch, RuleInput, StoredRule};
@@ -20,11 +21,16 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
 /// `?limit=&cursor=` (plus filters) of the list endpoints.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// 1..=1000, default 100.
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only this rule's.
     rule_id: Option<String>,
+    /// Deliveries only: `pending`, `delivered` or `failed`.
     status: Option<String>,
 }
 
@@ -95,6 +101,13 @@ async fn apply(state: &AppState) -> Result<(), ApiError> {
 
 /// `POST /api/v1/alert-rules` (operator): a rule, or a watchlist
 /// (`"kind":"watchlist"`). A global admin may give `tenant_id`.
+#[utoipa::path(post, path = "/alert-rules", tag = "alerts", operation_id = "create_alert_rule",
+    security(("jwt" = ["operator"])),
+    request_body(content = Object, description = "an alert rule or watchlist (see README, Alert rules)"),
+    responses(
+        (status = 201, description = "the stored rule (the webhook secret is never shown)", body = Object),
+        (status = 422, description = "the rule is invalid; the message says why", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Authed(who): AsOperator,
@@ -150,6 +163,9 @@ pub async fn create(
 }
 
 /// `GET /api/v1/alert-rules` (viewer): newest first, `?limit=&cursor=`.
+#[utoipa::path(get, path = "/alert-rules", tag = "alerts", operation_id = "list_alert_rules",
+    security(("jwt" = ["viewer"])), params(ListParams),
+    responses((status = 200, description = "`{items: [rule], next_cursor}`", body = Object)))]
 pub async fn list(
     State(state): State<AppState>,
     Authed(who): AsViewer,
@@ -166,6 +182,10 @@ pub async fn list(
 }
 
 /// `GET /api/v1/alert-rules/{id}` (viewer)
+#[utoipa::path(get, path = "/alert-rules/{id}", tag = "alerts", operation_id = "get_alert_rule",
+    security(("jwt" = ["viewer"])), params(("id" = i64, Path, description = "rule id")),
+    responses((status = 200, description = "the rule", body = Object),
+        (status = 404, description = "no such rule, or another tenant's", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Authed(who): AsViewer,
@@ -176,6 +196,12 @@ pub async fn get(
 
 /// `PATCH /api/v1/alert-rules/{id}` (operator): a JSON merge patch (RFC
 /// 7386) over the rule; the result is validated like a new rule.
+#[utoipa::path(patch, path = "/alert-rules/{id}", tag = "alerts", operation_id = "update_alert_rule",
+    security(("jwt" = ["operator"])), params(("id" = i64, Path, description = "rule id")),
+    request_body(content = Object, description = "a JSON merge patch (RFC 7386) over the rule"),
+    responses((status = 200, description = "the changed rule", body = Object),
+        (status = 404, description = "no such rule, or another tenant's", body = ErrorBody),
+        (status = 422, description = "the patched rule is invalid", body = ErrorBody)))]
 pub async fn patch(
     State(state): State<AppState>,
     Authed(who): AsOperator,
@@ -221,6 +247,10 @@ pub async fn patch(
 }
 
 /// `DELETE /api/v1/alert-rules/{id}` (operator): its alerts and deliveries stay.
+#[utoipa::path(delete, path = "/alert-rules/{id}", tag = "alerts", operation_id = "delete_alert_rule",
+    security(("jwt" = ["operator"])), params(("id" = i64, Path, description = "rule id")),
+    responses((status = 204, description = "deleted"),
+        (status = 404, description = "no such rule, or another tenant's", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     Authed(who): AsOperator,
@@ -249,6 +279,9 @@ pub async fn delete(
 }
 
 /// `GET /api/v1/alerts` (viewer): fired alerts, newest first, `?rule_id=`.
+#[utoipa::path(get, path = "/alerts", tag = "alerts", operation_id = "list_alerts",
+    security(("jwt" = ["viewer"])), params(ListParams),
+    responses((status = 200, description = "`{items: [alert], next_cursor}`", body = Object)))]
 pub async fn fired(
     State(state): State<AppState>,
     Authed(who): AsViewer,
@@ -262,6 +295,9 @@ pub async fn fired(
 
 /// `GET /api/v1/webhooks/deliveries` (viewer): the delivery log with every
 /// attempt, newest first, `?rule_id=&status=`.
+#[utoipa::path(get, path = "/webhooks/deliveries", tag = "alerts", operation_id = "list_webhook_deliveries",
+    security(("jwt" = ["viewer"])), params(ListParams),
+    responses((status = 200, description = "`{items: [delivery], next_cursor}`", body = Object)))]
 pub async fn deliveries(
     State(state): State<AppState>,
     Authed(who): AsViewer,
@@ -278,6 +314,10 @@ pub async fn deliveries(
 }
 
 /// `GET /api/v1/alert-rules/{id}/deliveries` (viewer): one rule's log.
+#[utoipa::path(get, path = "/alert-rules/{id}/deliveries", tag = "alerts", operation_id = "list_rule_deliveries",
+    security(("jwt" = ["viewer"])), params(("id" = i64, Path, description = "rule id"), ListParams),
+    responses((status = 200, description = "`{items: [delivery], next_cursor}`", body = Object),
+        (status = 404, description = "no such rule, or another tenant's", body = ErrorBody)))]
 pub async fn rule_deliveries(
     State(state): State<AppState>,
     Authed(who): AsViewer,

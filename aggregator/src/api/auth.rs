@@ -18,14 +18,16 @@ use chrono::{Duration, Utc};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use super::incidents::ClientAddr;
 use super::{ApiError, AppState};
 use crate::accounts::{AccountStore, Role, User};
+use crate::incidents::service::RateLimiter;
 
 /// Prefix that tells API keys from JWTs at a glance (and in leaked-secret scanners).
 const API_KEY_PREFIX: &str = "eqk_";
 
 /// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Principal {
     /// Username, `api-key:NAME`, or `bootstrap-admin`.
     pub name: String,
@@ -53,7 +55,13 @@ pub struct AuthKeys {
     decoding: DecodingKey,
     pub token_ttl: Duration,
     bootstrap_token: Option<String>,
+    /// Sign-in attempts per client address ([`LOGIN_ATTEMPTS_PER_MINUTE`]).
+    pub login_limiter: RateLimiter,
 }
+
+/// Sign-in attempts a client address may make per minute; argon2 makes each
+/// guess slow, this bounds how many a single address gets.
+pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 30;
 
 impl std::fmt::Debug for AuthKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,6 +82,10 @@ impl AuthKeys {
             decoding: DecodingKey::from_secret(secret),
             token_ttl,
             bootstrap_token: bootstrap_token.filter(|t| !t.is_empty()),
+            login_limiter: RateLimiter::new(
+                LOGIN_ATTEMPTS_PER_MINUTE,
+                std::time::Duration::from_secs(60),
+            ),
         }
     }
 }
@@ -225,13 +237,24 @@ impl<const MIN: u8> FromRequestParts<AppState> for Authed<MIN> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     username: String,
     password: String,
 }
 
-fn issue_token(keys: &AuthKeys, user: &User) -> Result<serde_json::Value, ApiError> {
+/// A signed-in session.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Session {
+    /// The JWT to send as `Authorization: Bearer …`.
+    pub token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    pub expires_at: chrono::DateTime<Utc>,
+    pub user: User,
+}
+
+fn issue_token(keys: &AuthKeys, user: &User) -> Result<Session, ApiError> {
     let now = Utc::now();
     let exp = now + keys.token_ttl;
     let claims = Claims {
@@ -244,14 +267,34 @@ fn issue_token(keys: &AuthKeys, user: &User) -> Result<serde_json::Value, ApiErr
     };
     let token = encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding)
         .map_err(|e| ApiError::Internal(format!("token signing failed: {e}")))?;
-    Ok(serde_json::json!({"token": token, "token_type": "Bearer", "expires_at": exp, "user": user}))
+    Ok(Session {
+        token,
+        token_type: "Bearer".into(),
+        expires_at: exp,
+        user: user.clone(),
+    })
 }
 
-/// `POST /api/v1/auth/login`
+/// Signs in with a username and password (public).
+#[utoipa::path(post, path = "/auth/login", tag = "auth", operation_id = "login",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = Session),
+        (status = 400, description = "the body is not {username, password}", body = super::openapi::ErrorBody),
+        (status = 401, description = "unknown user or wrong password", body = super::openapi::ErrorBody),
+        (status = 429, description = "too many attempts from this address", body = super::openapi::ErrorBody),
+    ))]
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Session>, ApiError> {
+    if let Err(wait) = state.auth.login_limiter.check(&client) {
+        metrics::counter!("edgeqi_auth_logins_total", "result" => "rate_limited").increment(1);
+        return Err(ApiError::TooManyRequests(format!(
+            "too many sign-in attempts from {client}; try again in {wait} s"
+        )));
+    }
     let Json(req) = body.map_err(|e| {
         ApiError::BadRequest(format!("expected {{\"username\",\"password\"}}: {e}"))
     })?;
@@ -283,11 +326,14 @@ fn dummy_hash() -> &'static str {
     HASH.get_or_init(|| hash_password(&new_api_key()).unwrap_or_default())
 }
 
-/// `POST /api/v1/auth/refresh`: a fresh token for a signed-in user.
+/// A fresh token for a signed-in user (not for API keys or the bootstrap token).
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", operation_id = "refresh",
+    security(("jwt" = ["viewer"])),
+    responses((status = 200, body = Session), (status = 400, description = "the caller is not a user session", body = super::openapi::ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
     Authed(p): AsViewer,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Session>, ApiError> {
     let id = p
         .user_id
         .ok_or_else(|| ApiError::BadRequest("only user sessions can be refreshed".into()))?;
@@ -299,7 +345,9 @@ pub async fn refresh(
     Ok(Json(issue_token(&state.auth, &user)?))
 }
 
-/// `GET /api/v1/auth/me`
+/// Who the token belongs to.
+#[utoipa::path(get, path = "/auth/me", tag = "auth", operation_id = "me",
+    security(("jwt" = ["viewer"])), responses((status = 200, body = Principal)))]
 pub async fn me(Authed(p): AsViewer) -> Json<Principal> {
     Json(p)
 }

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::openapi::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -35,29 +36,30 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        use ErrorCode as C;
         let (status, code, message) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, C::BadRequest, m),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                C::Unauthorized,
                 "send Authorization: Bearer <token>".to_owned(),
             ),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
-            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", m),
-            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, C::Forbidden, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, C::NotFound, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, C::Conflict, m),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, C::Unprocessable, m),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, C::TooLarge, m),
             ApiError::UnsupportedMediaType(m) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                C::UnsupportedMediaType,
                 m,
             ),
-            ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", m),
+            ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, C::RateLimited, m),
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    C::Unavailable,
                     "the database is unavailable; retry later".to_owned(),
                 )
             }
@@ -65,12 +67,15 @@ impl IntoResponse for ApiError {
                 tracing::error!(%cause, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    C::Internal,
                     "internal error; see the aggregator log".to_owned(),
                 )
             }
         };
-        let body = serde_json::json!({"error": {"code": code, "message": message}});
+        // The body is the documented `ErrorBody` schema, not a second spelling of it.
+        let body = ErrorBody {
+            error: ErrorDetail { code, message },
+        };
         (status, Json(body)).into_response()
     }
 }

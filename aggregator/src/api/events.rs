@@ -5,18 +5,22 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::auth::{AsViewer, Authed};
+use super::openapi::{Binary, Items, Page};
 use super::{visible_nodes, ApiError, AppState};
-use crate::events::EventQuery;
+use crate::events::{EventQuery, LineTotal, StoredEvent};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventParams {
     node_id: Option<String>,
     camera_id: Option<String>,
+    /// `appeared`, `left`, `zone_entered`, `zone_left` or `line_crossed`.
     kind: Option<String>,
+    /// 1..=1000, default 100.
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -29,12 +33,15 @@ fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
     ))
 }
 
-/// `GET /api/v1/events`: appeared/left/zone/line events, newest first.
+/// Tracker events of the caller's nodes (appeared/left/zone/line), newest first.
+#[utoipa::path(get, path = "/events", tag = "events", operation_id = "list_events",
+    security(("jwt" = ["viewer"])), params(EventParams),
+    responses((status = 200, body = Page<StoredEvent>)))]
 pub async fn list(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     Query(p): Query<EventParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Page<StoredEvent>>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let q = EventQuery {
         node_ids: visible_nodes(&state, &who).await?,
@@ -45,19 +52,27 @@ pub async fn list(
         after: p.cursor.as_deref().map(decode_cursor).transpose()?,
     };
     let (items, next) = state.events.events(q).await?;
-    Ok(Json(json!({
-        "items": items,
-        "next_cursor": next.map(|(ts, id)| format!("{ts:x}.{id}")),
-    })))
+    Ok(Json(Page {
+        items,
+        next_cursor: next.map(|(ts, id)| format!("{ts:x}.{id}")),
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SnapshotParams {
     /// `full` for the whole frame when the agent sent one.
     view: Option<String>,
 }
 
-/// `GET /api/v1/events/{id}/snapshot`: the best JPEG crop of the event's track.
+/// The best JPEG crop of the event's track (or the whole frame with `view=full`).
+#[utoipa::path(get, path = "/events/{id}/snapshot", tag = "events", operation_id = "event_snapshot",
+    security(("jwt" = ["viewer"])),
+    params(("id" = String, Path, description = "event id"), SnapshotParams),
+    responses(
+        (status = 200, content_type = "image/jpeg", body = Binary),
+        (status = 404, description = "no such event or no snapshot, or another tenant's", body = super::openapi::ErrorBody),
+    ))]
 pub async fn snapshot(
     State(state): State<AppState>,
     Authed(who): AsViewer,
@@ -78,13 +93,15 @@ pub async fn snapshot(
     Ok(([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response())
 }
 
-/// `GET /api/v1/stats/lines`: crossings per line, class and direction.
+/// Crossings per line, class and direction over the caller's nodes.
+#[utoipa::path(get, path = "/stats/lines", tag = "events", operation_id = "line_totals",
+    security(("jwt" = ["viewer"])), responses((status = 200, body = Items<LineTotal>)))]
 pub async fn lines(
     State(state): State<AppState>,
     Authed(who): AsViewer,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Items<LineTotal>>, ApiError> {
     let nodes = visible_nodes(&state, &who).await?;
-    Ok(Json(
-        json!({ "items": state.events.line_totals(nodes).await? }),
-    ))
+    Ok(Json(Items {
+        items: state.events.line_totals(nodes).await?,
+    }))
 }

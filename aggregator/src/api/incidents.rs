@@ -13,16 +13,19 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::admin::{audit, remote_addr};
 use super::auth::{AsOperator, AsViewer, Authed, Principal};
+use super::openapi::{Binary, ErrorBody, Page};
 use super::{ApiError, AppState, JsonBody};
 use crate::incidents::service::severity;
 use crate::incidents::{
-    area_scores, Incident, IncidentChange, IncidentError, IncidentFilter, NewIncident, Report,
-    Status,
+    area_scores, AreaScore, Comment, Incident, IncidentChange, IncidentError, IncidentFilter,
+    NewIncident, PhotoObject, Report, Severity, Sla, Status,
 };
 use crate::live::LiveEvent;
 
@@ -36,7 +39,10 @@ impl From<IncidentError> for ApiError {
     }
 }
 
-/// The caller's address: proxy header first, then the socket.
+/// The caller's address, as rate limits count it: the socket's peer, or
+/// `X-Forwarded-For` / `X-Real-IP` when the peer is a reverse proxy on this
+/// host (loopback). Headers from anyone else are ignored: a client could
+/// name a new address on every request and never be limited.
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
 
@@ -46,10 +52,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
         let socket = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+            .map(|c| c.0.ip());
+        // No socket at all: an in-process caller (tests), which may say who it is.
+        let via_local_proxy = socket.is_none_or(|ip| ip.is_loopback());
+        let forwarded = via_local_proxy
+            .then(|| remote_addr(&parts.headers))
+            .flatten();
         Ok(ClientAddr(
-            remote_addr(&parts.headers)
-                .or(socket)
+            forwarded
+                .or(socket.map(|ip| ip.to_string()))
                 .unwrap_or_else(|| "unknown".into()),
         ))
     }
@@ -69,20 +80,55 @@ async fn visible_incident(
         .ok_or_else(|| ApiError::NotFound(format!("no incident {id}")))
 }
 
-#[derive(Debug, Deserialize)]
+/// An incident as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IncidentView {
+    #[serde(flatten)]
+    pub incident: Incident,
+    /// An SLA deadline passed without the step it asks for.
+    pub sla_breached: bool,
+}
+
+impl IncidentView {
+    pub fn new(incident: Incident, now: chrono::DateTime<Utc>) -> Self {
+        Self {
+            sla_breached: incident.sla_breached(now),
+            incident,
+        }
+    }
+}
+
+/// `GET /api/v1/incidents/{id}`: the incident with its comments, reports and SLA.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IncidentDetail {
+    #[serde(flatten)]
+    pub incident: IncidentView,
+    pub comments: Vec<Comment>,
+    pub reports: Vec<Report>,
+    pub sla: Sla,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// `new`, `acknowledged`, `in_progress`, `resolved`, `closed` or `rejected`.
     status: Option<String>,
     category: Option<String>,
+    /// 1..=1000, default 100.
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<i64>,
 }
 
-/// `GET /api/v1/incidents`: newest first; `cursor` is the last id seen.
+/// Incidents of the caller's tenant, newest first.
+#[utoipa::path(get, path = "/incidents", tag = "incidents", operation_id = "list_incidents",
+    security(("jwt" = ["viewer"])), params(ListParams),
+    responses((status = 200, body = Page<IncidentView>), (status = 400, description = "unknown status", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     Query(p): Query<ListParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Page<IncidentView>>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let status = p
         .status
@@ -102,48 +148,68 @@ pub async fn list(
         })
         .await?;
     let now = Utc::now();
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|i| i.id))
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|i| i.id.to_string()))
         .flatten();
-    Ok(Json(json!({
-        "items": items.iter().map(|i| i.to_json(now)).collect::<Vec<_>>(),
-        "next_cursor": next,
-    })))
+    Ok(Json(Page {
+        items: items
+            .into_iter()
+            .map(|i| IncidentView::new(i, now))
+            .collect(),
+        next_cursor,
+    }))
 }
 
-/// `GET /api/v1/incidents/{id}`: with comments, reports and its SLA.
+/// One incident with its comments, reports and SLA; another tenant's is a 404.
+#[utoipa::path(get, path = "/incidents/{id}", tag = "incidents", operation_id = "get_incident",
+    security(("jwt" = ["viewer"])), params(("id" = i64, Path, description = "incident id")),
+    responses((status = 200, body = IncidentDetail), (status = 404, description = "no such incident, or another tenant's", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     Path(id): Path<i64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<IncidentDetail>, ApiError> {
     let incident = visible_incident(&state, &who, id).await?;
-    let mut v = incident.to_json(Utc::now());
-    v["comments"] = json!(state.incidents.store.comments(id).await?);
-    v["reports"] = json!(state.incidents.store.reports_of(id).await?);
-    v["sla"] = json!(state
+    let sla = state
         .incidents
         .sla
-        .sla(&incident.category, incident.severity));
-    Ok(Json(v))
+        .sla(&incident.category, incident.severity);
+    Ok(Json(IncidentDetail {
+        incident: IncidentView::new(incident, Utc::now()),
+        comments: state.incidents.store.comments(id).await?,
+        reports: state.incidents.store.reports_of(id).await?,
+        sla,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Patch {
+    /// The next lifecycle state.
     status: Option<String>,
+    /// Who works on it; empty to unassign.
     assignee: Option<String>,
+    /// 1-10000 characters.
     comment: Option<String>,
 }
 
-/// `PATCH /api/v1/incidents/{id}` (operator): status, assignee, comment.
+/// Walks the lifecycle, assigns, comments (operator). Audited.
+#[utoipa::path(patch, path = "/incidents/{id}", tag = "incidents", operation_id = "update_incident",
+    security(("jwt" = ["operator"])), params(("id" = i64, Path, description = "incident id")),
+    request_body = Patch,
+    responses(
+        (status = 200, body = IncidentView),
+        (status = 404, description = "no such incident, or another tenant's", body = ErrorBody),
+        (status = 409, description = "the lifecycle does not allow this move", body = ErrorBody),
+        (status = 422, description = "unknown status, empty change or bad comment", body = ErrorBody),
+    ))]
 pub async fn patch(
     State(state): State<AppState>,
     Authed(who): AsOperator,
     headers: HeaderMap,
     Path(id): Path<i64>,
     JsonBody(p): JsonBody<Patch>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<IncidentView>, ApiError> {
     visible_incident(&state, &who, id).await?;
     let status = p
         .status
@@ -189,10 +255,16 @@ pub async fn patch(
     )
     .await;
     state.live.send(LiveEvent::Incident(after.to_json(now)));
-    Ok(Json(after.to_json(now)))
+    Ok(Json(IncidentView::new(after, now)))
 }
 
-/// `GET /api/v1/reports/{id}/photo` (viewer)
+/// The photo of a citizen report; another tenant's is a 404.
+#[utoipa::path(get, path = "/reports/{id}/photo", tag = "incidents", operation_id = "report_photo",
+    security(("jwt" = ["viewer"])), params(("id" = String, Path, description = "report id (`rpt_…`)")),
+    responses(
+        (status = 200, content_type = "image/jpeg", body = Binary, description = "JPEG or PNG, as uploaded"),
+        (status = 404, description = "no such report, or another tenant's", body = ErrorBody),
+    ))]
 pub async fn photo(
     State(state): State<AppState>,
     Authed(who): AsViewer,
@@ -237,13 +309,54 @@ fn coordinate(name: &str, v: Option<&str>, limit: f64) -> Result<f64, ApiError> 
         })
 }
 
-/// `POST /api/v1/reports` (public): multipart `photo`, `lat`, `lng`, `notes`.
+/// The form of `POST /api/v1/reports`.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // describes the multipart form for the document only
+pub struct ReportUpload {
+    /// A JPEG or PNG photo, at most 10 MiB.
+    #[schema(value_type = String, format = Binary)]
+    photo: Vec<u8>,
+    /// Latitude in [-90, 90].
+    lat: f64,
+    /// Longitude in [-180, 180].
+    lng: f64,
+    /// At most 2000 characters.
+    notes: Option<String>,
+}
+
+/// What a citizen gets back for a report.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReportCreated {
+    pub id: String,
+    pub incident_id: i64,
+    pub category: String,
+    pub severity: Severity,
+    pub status: Status,
+    /// The report joined an open incident nearby instead of opening one.
+    pub joined_existing: bool,
+    /// What the detector found, in photo pixels.
+    pub detections: Vec<PhotoObject>,
+    /// The detector model, when one is configured.
+    pub detector: Option<String>,
+}
+
+/// A citizen's photo report (public, rate-limited per client address, at most
+/// 10 MiB): the photo runs through the detector and opens or joins an incident.
+#[utoipa::path(post, path = "/reports", tag = "incidents", operation_id = "create_report",
+    request_body(content = ReportUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = ReportCreated),
+        (status = 413, description = "the body or photo is too large", body = ErrorBody),
+        (status = 415, description = "not multipart/form-data", body = ErrorBody),
+        (status = 422, description = "not a JPEG/PNG, bad coordinates, unknown field", body = ErrorBody),
+        (status = 429, description = "too many reports from this address", body = ErrorBody),
+    ))]
 pub async fn create_report(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<ReportCreated>), ApiError> {
     let svc = &state.incidents;
     if let Err(wait) = svc.report_limiter.check(&client) {
         return Err(ApiError::TooManyRequests(format!(
@@ -394,7 +507,7 @@ pub async fn create_report(
         notes,
         category: category.clone(),
         severity: sev,
-        detections: detections.clone(),
+        detections,
         created_at: Utc::now(),
     };
     let ctype = if format == image::ImageFormat::Png {
@@ -430,24 +543,38 @@ pub async fn create_report(
     state.live.send(LiveEvent::Incident(incident.to_json(now)));
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": report.id,
-            "incident_id": incident.id,
-            "category": category,
-            "severity": sev,
-            "status": incident.status,
-            "joined_existing": !created,
-            "detections": detections,
-            "detector": svc.analyzer.as_ref().map(|a| a.name().to_owned()),
-        })),
+        Json(ReportCreated {
+            id: report.id,
+            incident_id: incident.id,
+            category,
+            severity: sev,
+            status: incident.status,
+            joined_existing: !created,
+            detections: objects,
+            detector: svc.analyzer.as_ref().map(|a| a.name().to_owned()),
+        }),
     ))
 }
 
-/// `GET /api/v1/status/{id}` (public): where a citizen's report stands.
+/// Where a citizen's report stands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReportStatus {
+    pub id: String,
+    pub status: Status,
+    pub category: String,
+    pub severity: Severity,
+    pub reported_at: chrono::DateTime<Utc>,
+    pub updated_at: chrono::DateTime<Utc>,
+}
+
+/// Where a citizen's report stands (public: the report id is the secret).
+#[utoipa::path(get, path = "/status/{id}", tag = "incidents", operation_id = "report_status",
+    params(("id" = String, Path, description = "report id (`rpt_…`)")),
+    responses((status = 200, body = ReportStatus), (status = 404, description = "no such report", body = ErrorBody)))]
 pub async fn report_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReportStatus>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no report {id:?}"));
     if !id.starts_with("rpt_") || id.len() > 64 {
         return Err(not_found());
@@ -464,27 +591,39 @@ pub async fn report_status(
         .incident(report.incident_id)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(json!({
-        "id": report.id,
-        "status": incident.status,
-        "category": report.category,
-        "severity": report.severity,
-        "reported_at": report.created_at,
-        "updated_at": incident.updated_at,
-    })))
+    Ok(Json(ReportStatus {
+        id: report.id,
+        status: incident.status,
+        category: report.category,
+        severity: report.severity,
+        reported_at: report.created_at,
+        updated_at: incident.updated_at,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AreaParams {
+    /// Grid cell size in degrees, in [0.0001, 10] (default 0.01).
     cell_deg: Option<f64>,
 }
 
-/// `GET /api/v1/analytics/areas`: performance score and rank per grid cell.
+/// `GET /api/v1/analytics/areas`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Areas {
+    pub cell_deg: f64,
+    pub items: Vec<AreaScore>,
+}
+
+/// Performance score (70% SLA compliance, 30% resolution speed) and rank per grid cell.
+#[utoipa::path(get, path = "/analytics/areas", tag = "incidents", operation_id = "area_scores",
+    security(("jwt" = ["viewer"])), params(AreaParams),
+    responses((status = 200, body = Areas), (status = 400, description = "cell_deg out of range", body = ErrorBody)))]
 pub async fn areas(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     Query(p): Query<AreaParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Areas>, ApiError> {
     let cell = p.cell_deg.unwrap_or(0.01);
     if !(0.0001..=10.0).contains(&cell) {
         return Err(ApiError::BadRequest(
@@ -492,9 +631,10 @@ pub async fn areas(
         ));
     }
     let all = all_incidents(&state, &who).await?;
-    Ok(Json(
-        json!({ "cell_deg": cell, "items": area_scores(&all, &state.incidents.sla, cell, Utc::now()) }),
-    ))
+    Ok(Json(Areas {
+        cell_deg: cell,
+        items: area_scores(&all, &state.incidents.sla, cell, Utc::now()),
+    }))
 }
 
 async fn all_incidents(state: &AppState, who: &Principal) -> Result<Vec<Incident>, ApiError> {
@@ -520,34 +660,50 @@ async fn all_incidents(state: &AppState, who: &Principal) -> Result<Vec<Incident
     }
 }
 
-/// `GET /api/v1/analytics/incidents`: counts by category, severity and status.
+/// `GET /api/v1/analytics/incidents`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IncidentStats {
+    pub total: usize,
+    pub by_category: BTreeMap<String, u64>,
+    pub by_severity: BTreeMap<String, u64>,
+    pub by_status: BTreeMap<String, u64>,
+    pub sla_breached: u64,
+    pub resolved: u64,
+    pub mean_resolution_s: Option<i64>,
+}
+
+/// Counts by category, severity and status; SLA breaches; mean time to resolve.
+#[utoipa::path(get, path = "/analytics/incidents", tag = "incidents", operation_id = "incident_stats",
+    security(("jwt" = ["viewer"])), responses((status = 200, body = IncidentStats)))]
 pub async fn incident_stats(
     State(state): State<AppState>,
     Authed(who): AsViewer,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<IncidentStats>, ApiError> {
     let all = all_incidents(&state, &who).await?;
     let now = Utc::now();
-    let mut by_category = std::collections::BTreeMap::<String, u64>::new();
-    let mut by_severity = std::collections::BTreeMap::<&str, u64>::new();
-    let mut by_status = std::collections::BTreeMap::<&str, u64>::new();
+    let mut by_category = BTreeMap::<String, u64>::new();
+    let mut by_severity = BTreeMap::<String, u64>::new();
+    let mut by_status = BTreeMap::<String, u64>::new();
     let (mut breached, mut resolved, mut resolve_secs) = (0u64, 0u64, 0i64);
     for i in &all {
         *by_category.entry(i.category.clone()).or_default() += 1;
-        *by_severity.entry(i.severity.as_str()).or_default() += 1;
-        *by_status.entry(i.status.as_str()).or_default() += 1;
+        *by_severity
+            .entry(i.severity.as_str().to_owned())
+            .or_default() += 1;
+        *by_status.entry(i.status.as_str().to_owned()).or_default() += 1;
         breached += u64::from(i.sla_breached(now));
         if let Some(r) = i.resolved_at {
             resolved += 1;
             resolve_secs += (r - i.created_at).num_seconds();
         }
     }
-    Ok(Json(json!({
-        "total": all.len(),
-        "by_category": by_category,
-        "by_severity": by_severity,
-        "by_status": by_status,
-        "sla_breached": breached,
-        "resolved": resolved,
-        "mean_resolution_s": if resolved == 0 { None } else { Some(resolve_secs / resolved as i64) },
-    })))
+    Ok(Json(IncidentStats {
+        total: all.len(),
+        by_category,
+        by_severity,
+        by_status,
+        sla_breached: breached,
+        resolved,
+        mean_resolution_s: (resolved > 0).then(|| resolve_secs / resolved as i64),
+    }))
 }

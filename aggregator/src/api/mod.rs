@@ -9,16 +9,19 @@ use std::sync::Arc;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::accounts::AccountStore;
 use crate::ingest::IngestHealth;
 use crate::live::LiveBus;
-use crate::store::{DetectionQuery, Store};
+use crate::store::{
+    DeadLetter, DetectionQuery, LedgerEntry, NodeRecord, Store, StoredDetection, Summary,
+    TimeseriesPoint,
+};
 
 pub mod admin;
 pub mod alerts;
@@ -27,10 +30,14 @@ mod dashboard;
 mod error;
 pub mod events;
 pub mod incidents;
+pub mod openapi;
 pub(crate) mod ws;
 
 use auth::{AsViewer, Authed, Principal};
 pub use error::ApiError;
+use openapi::{ApiRoutes, ErrorBody, Items, Page};
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 /// Everything a handler may need.
 #[derive(Debug, Clone)]
@@ -76,54 +83,51 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    // Every /api/v1 route names its role through the `Authed` extractor;
-    // only login, citizen reports and report status are open.
-    let api = Router::new()
-        .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/me", get(auth::me))
-        .route("/users", get(admin::list_users).post(admin::create_user))
-        .route("/users/{id}", get(admin::get_user))
-        .route(
-            "/tenants",
-            get(admin::list_tenants).post(admin::create_tenant),
-        )
-        .route("/api-keys", post(admin::create_api_key))
-        .route("/audit", get(admin::audit_log))
-        .route("/nodes", get(list_nodes).post(admin::provision_node))
-        .route("/nodes/{id}", get(get_node))
-        .route("/nodes/{id}/ledger", get(get_ledger))
-        .route("/detections", get(list_detections))
-        .route("/stats/summary", get(summary))
-        .route("/stats/timeseries", get(timeseries))
-        .route("/dead-letters", get(dead_letters))
-        .route("/ws", get(ws::upgrade))
-        .route("/events", get(events::list))
-        .route("/events/{id}/snapshot", get(events::snapshot))
-        .route("/stats/lines", get(events::lines))
-        .route("/incidents", get(incidents::list))
-        .route(
-            "/incidents/{id}",
-            get(incidents::get).patch(incidents::patch),
-        )
-        .route(
-            "/reports",
-            post(incidents::create_report)
+/// Every `/api/v1` route, each a documented handler (see [`openapi`]).
+/// Every handler names its role through the `Authed` extractor; only login,
+/// citizen reports, report status and the OpenAPI document are open.
+pub fn api_routes() -> ApiRoutes {
+    ApiRoutes::new()
+        .routes(routes!(openapi::serve))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::me))
+        .routes(routes!(admin::list_users, admin::create_user))
+        .routes(routes!(admin::get_user))
+        .routes(routes!(admin::list_tenants, admin::create_tenant))
+        .routes(routes!(admin::create_api_key))
+        .routes(routes!(admin::audit_log))
+        .routes(routes!(list_nodes, admin::provision_node))
+        .routes(routes!(get_node))
+        .routes(routes!(get_ledger))
+        .routes(routes!(list_detections))
+        .routes(routes!(summary))
+        .routes(routes!(timeseries))
+        .routes(routes!(dead_letters))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(events::list))
+        .routes(routes!(events::snapshot))
+        .routes(routes!(events::lines))
+        .routes(routes!(incidents::list))
+        .routes(routes!(incidents::get, incidents::patch))
+        .routes(
+            routes!(incidents::create_report)
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BODY)),
         )
-        .route("/reports/{id}/photo", get(incidents::photo))
-        .route("/status/{id}", get(incidents::report_status))
-        .route("/alert-rules", get(alerts::list).post(alerts::create))
-        .route(
-            "/alert-rules/{id}",
-            get(alerts::get).patch(alerts::patch).delete(alerts::delete),
-        )
-        .route("/alert-rules/{id}/deliveries", get(alerts::rule_deliveries))
-        .route("/alerts", get(alerts::fired))
-        .route("/webhooks/deliveries", get(alerts::deliveries))
-        .route("/analytics/areas", get(incidents::areas))
-        .route("/analytics/incidents", get(incidents::incident_stats))
+        .routes(routes!(incidents::photo))
+        .routes(routes!(incidents::report_status))
+        .routes(routes!(incidents::areas))
+        .routes(routes!(incidents::incident_stats))
+        .routes(routes!(alerts::list, alerts::create))
+        .routes(routes!(alerts::get, alerts::patch, alerts::delete))
+        .routes(routes!(alerts::rule_deliveries))
+        .routes(routes!(alerts::fired))
+        .routes(routes!(alerts::deliveries))
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, _doc) = api_routes().into_parts();
+    let api = api
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
@@ -131,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .merge(dashboard::routes())
-        .nest("/api/v1", api)
+        .nest(openapi::PREFIX, api)
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
@@ -193,65 +197,113 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-fn node_json(n: &crate::store::NodeRecord, now: DateTime<Utc>) -> serde_json::Value {
-    let mut v = serde_json::to_value(n).unwrap_or_default();
-    v["online"] = json!(n.is_online(now));
-    v
+/// A node as the API shows it: the registry record and whether it is online now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: NodeRecord,
+    pub online: bool,
 }
 
+/// `GET /api/v1/nodes/{id}`: the node and its detection ledger.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NodeDetail {
+    #[serde(flatten)]
+    pub node: NodeView,
+    pub ledger: Vec<LedgerEntry>,
+}
+
+/// `GET /api/v1/nodes/{id}/ledger`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ledger {
+    pub node_id: String,
+    pub epochs: Vec<LedgerEntry>,
+}
+
+fn node_view(n: NodeRecord, now: DateTime<Utc>) -> NodeView {
+    NodeView {
+        online: n.is_online(now),
+        node: n,
+    }
+}
+
+/// The nodes the caller may see, with their latest heartbeat and online state.
+#[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes",
+    security(("jwt" = ["viewer"])),
+    responses((status = 200, body = Items<NodeView>)))]
 #[tracing::instrument(skip_all)]
 async fn list_nodes(
     State(state): State<AppState>,
     Authed(who): AsViewer,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Items<NodeView>>, ApiError> {
     let now = Utc::now();
     let mut nodes = state.store.nodes().await?;
     if let Some(visible) = visible_nodes(&state, &who).await? {
         nodes.retain(|n| visible.contains(&n.node_id));
     }
-    let items: Vec<_> = nodes.iter().map(|n| node_json(n, now)).collect();
-    Ok(Json(json!({ "items": items })))
+    let items = nodes.into_iter().map(|n| node_view(n, now)).collect();
+    Ok(Json(Items { items }))
 }
 
+/// One node with its ledger; another tenant's node is a 404.
+#[utoipa::path(get, path = "/nodes/{id}", tag = "nodes", operation_id = "get_node",
+    security(("jwt" = ["viewer"])),
+    params(("id" = String, Path, description = "node id")),
+    responses((status = 200, body = NodeDetail), (status = 404, description = "no such node, or another tenant's", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn get_node(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<NodeDetail>, ApiError> {
     ensure_node_visible(&state, &who, &id).await?;
     let node = state
         .store
         .node(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))?;
-    let mut v = node_json(&node, Utc::now());
-    v["ledger"] = serde_json::to_value(state.store.ledger(&id).await?).unwrap_or_default();
-    Ok(Json(v))
+    Ok(Json(NodeDetail {
+        node: node_view(node, Utc::now()),
+        ledger: state.store.ledger(&id).await?,
+    }))
 }
 
+/// Per outbox epoch: the highest contiguous stored seq, the highest seq and the holes.
+#[utoipa::path(get, path = "/nodes/{id}/ledger", tag = "nodes", operation_id = "get_ledger",
+    security(("jwt" = ["viewer"])),
+    params(("id" = String, Path, description = "node id")),
+    responses((status = 200, body = Ledger)))]
 #[tracing::instrument(skip_all)]
 async fn get_ledger(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Ledger>, ApiError> {
     ensure_node_visible(&state, &who, &id).await?;
-    let ledger = state.store.ledger(&id).await?;
-    Ok(Json(json!({ "node_id": id, "epochs": ledger })))
+    let epochs = state.store.ledger(&id).await?;
+    Ok(Json(Ledger {
+        node_id: id,
+        epochs,
+    }))
 }
 
 /// Query string of `GET /api/v1/detections`; all strings so that a bad value
 /// becomes a 400 naming the parameter, not a generic rejection.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DetectionParams {
     node_id: Option<String>,
     camera_id: Option<String>,
     label: Option<String>,
+    /// RFC 3339 time, inclusive.
     since: Option<String>,
+    /// RFC 3339 time, exclusive.
     until: Option<String>,
+    /// In [0, 1].
     min_score: Option<String>,
+    /// 1..=1000, default 100.
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -280,12 +332,16 @@ fn decode_cursor(c: &str) -> Result<(i64, i64), ApiError> {
     ))
 }
 
+/// Stored detections of the caller's nodes, newest first (keyset pagination).
+#[utoipa::path(get, path = "/detections", tag = "detections", operation_id = "list_detections",
+    security(("jwt" = ["viewer"])), params(DetectionParams),
+    responses((status = 200, body = Page<StoredDetection>), (status = 400, description = "a parameter is malformed; the message names it", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn list_detections(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     Query(p): Query<DetectionParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Page<StoredDetection>>, ApiError> {
     let limit = match p.limit.as_deref() {
         None => DEFAULT_PAGE,
         Some(l) => l
@@ -325,12 +381,15 @@ async fn list_detections(
         after: p.cursor.as_deref().map(decode_cursor).transpose()?,
     };
     let page = state.store.detections(&q).await?;
-    Ok(Json(json!({
-        "items": page.items,
-        "next_cursor": page.next.map(encode_cursor),
-    })))
+    Ok(Json(Page {
+        items: page.items,
+        next_cursor: page.next.map(encode_cursor),
+    }))
 }
 
+/// Totals by class and nodes online, over the caller's nodes.
+#[utoipa::path(get, path = "/stats/summary", tag = "detections", operation_id = "summary",
+    security(("jwt" = ["viewer"])), responses((status = 200, body = Summary)))]
 #[tracing::instrument(skip_all)]
 async fn summary(
     State(state): State<AppState>,
@@ -342,12 +401,27 @@ async fn summary(
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TimeseriesParams {
+    /// Bucket width: a whole number of seconds like `1m`, `5m`, `1h` (default `1m`).
     bucket: Option<String>,
+    /// `label` (default), `camera` or `zone`.
     by: Option<String>,
+    /// RFC 3339; default an hour before `until`.
     since: Option<String>,
+    /// RFC 3339; default now.
     until: Option<String>,
+}
+
+/// `GET /api/v1/stats/timeseries`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Timeseries {
+    pub bucket_s: i64,
+    pub by: String,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub points: Vec<TimeseriesPoint>,
 }
 
 /// Buckets a client may ask for; bounded so one request cannot ask for
@@ -357,11 +431,15 @@ const MAX_BUCKETS: i64 = 10_000;
 /// `GET /api/v1/stats/timeseries?bucket=1m&by=label|camera|zone&since=&until=`
 /// → `{"bucket_s":60,"by":"label","points":[{"bucket":…,"key":…,"count":n}]}`;
 /// the default window is the last hour.
+#[utoipa::path(get, path = "/stats/timeseries", tag = "detections", operation_id = "timeseries",
+    security(("jwt" = ["viewer"])), params(TimeseriesParams),
+    responses((status = 200, body = Timeseries), (status = 400, description = "a parameter is malformed; the message names it", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn timeseries(
     State(state): State<AppState>,
+    Authed(_who): AsViewer,
     Query(p): Query<TimeseriesParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Timeseries>, ApiError> {
     let bucket_raw = p.bucket.as_deref().unwrap_or("1m");
     let bucket = bucket_raw
         .parse::<edgeqi_shared::config::HumanDuration>()
@@ -413,30 +491,36 @@ async fn timeseries(
             by,
         })
         .await?;
-    Ok(Json(json!({
-        "bucket_s": bucket_s,
-        "by": p.by.as_deref().unwrap_or("label"),
-        "since": since,
-        "until": until,
-        "points": points,
-    })))
+    Ok(Json(Timeseries {
+        bucket_s,
+        by: p.by.unwrap_or_else(|| "label".into()),
+        since,
+        until,
+        points,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitParam {
+    /// 1..=1000, default 100.
     limit: Option<usize>,
 }
 
+/// Refused payloads with their reason, newest first.
+#[utoipa::path(get, path = "/dead-letters", tag = "nodes", operation_id = "dead_letters",
+    security(("jwt" = ["operator"])), params(LimitParam),
+    responses((status = 200, body = Items<DeadLetter>)))]
 #[tracing::instrument(skip_all)]
 async fn dead_letters(
     State(state): State<AppState>,
     Authed(_who): auth::AsOperator,
     Query(p): Query<LimitParam>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Items<DeadLetter>>, ApiError> {
     let limit = p.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    Ok(Json(
-        json!({ "items": state.store.dead_letters(limit).await? }),
-    ))
+    Ok(Json(Items {
+        items: state.store.dead_letters(limit).await?,
+    }))
 }
 
 #[cfg(test)]

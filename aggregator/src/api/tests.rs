@@ -987,3 +987,267 @@ async fn track_events_line_counts_and_snapshots_are_served() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Every `(METHOD, path)` the OpenAPI document lists, with its `x-edgeqi-role`.
+fn documented_operations(doc: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            if op.get("responses").is_none() {
+                continue; // `parameters` and other non-operation keys
+            }
+            ops.push((
+                method.to_uppercase(),
+                path.clone(),
+                op["x-edgeqi-role"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    ops.sort();
+    ops
+}
+
+/// A URI for a documented path, with `1` for every path parameter.
+fn concrete(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => in_param = true,
+            '}' => {
+                in_param = false;
+                out.push('1');
+            }
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x.as_str()) {
+                    ("$ref", Some(r)) => out.push(r),
+                    _ => refs(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn openapi_document_is_public_complete_and_consistent() {
+    let f = fixture();
+    let (status, doc) = send(&f.state, "GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK, "served without a token");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let ops = documented_operations(&doc);
+    assert!(ops.len() >= 30, "{ops:?}");
+    for expected in [
+        ("GET", "/api/v1/detections"),
+        ("PATCH", "/api/v1/incidents/{id}"),
+        ("POST", "/api/v1/reports"),
+        ("GET", "/api/v1/openapi.json"),
+    ] {
+        assert!(
+            ops.iter()
+                .any(|(m, p, _)| (m.as_str(), p.as_str()) == expected),
+            "{expected:?} missing"
+        );
+    }
+
+    // Every reference resolves, every operation id is unique.
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        let name = r.rsplit('/').next().expect("ref name");
+        let kind = if r.starts_with("#/components/schemas/") {
+            "schemas"
+        } else {
+            "responses"
+        };
+        assert!(doc["components"][kind].get(name).is_some(), "dangling {r}");
+    }
+    let mut ids: Vec<_> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .flat_map(|item| item.as_object().expect("item").values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "operation ids must be unique");
+
+    // The document and the router agree: every documented operation is
+    // routed (not the API fallback, not 405), and its declared role is what
+    // the handler asks for (protected ones refuse a missing token).
+    for (method, path, role) in &ops {
+        assert!(
+            openapi::ROLES.contains(&role.as_str()),
+            "{method} {path}: x-edgeqi-role {role:?}"
+        );
+        let (status, body) = send(&f.state, method, &concrete(path), None, None).await;
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path} not routed"
+        );
+        assert_ne!(
+            body["error"]["message"], "no such API route",
+            "{method} {path} not routed"
+        );
+        if role == "public" {
+            assert_ne!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} is public"
+            );
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} needs {role}"
+            );
+            assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
+        }
+    }
+}
+
+/// The router's one source of routes is `api_routes()`: an `/api/v1` route
+/// added with a bare `.route(…)` would be served but missing from the
+/// document, so no API module may call it.
+#[test]
+fn api_routes_are_only_added_through_the_documented_builder() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+    for entry in std::fs::read_dir(&dir).expect("src/api") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.ends_with(".rs") || name == "dashboard.rs" || name.starts_with("tests") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("source");
+        for (i, line) in text.lines().enumerate() {
+            let bare = [".route(", ".route_service(", ".nest_service("]
+                .iter()
+                .any(|c| line.contains(c));
+            // Outside /api/v1: health, readiness and metrics.
+            let allowed = ["\"/healthz\"", "\"/readyz\"", "\"/metrics\""]
+                .iter()
+                .any(|p| line.contains(p));
+            assert!(
+                !bare || allowed,
+                "{name}:{}: add API routes with ApiRoutes::routes(routes!(handler)) and a \
+                 #[utoipa::path] on the handler, so they appear in the OpenAPI document: {line}",
+                i + 1
+            );
+        }
+    }
+}
+
+/// A request from a socket peer, the way `main` serves (ConnectInfo).
+async fn from_peer(
+    state: &AppState,
+    peer: &str,
+    forwarded_for: &str,
+    uri: &str,
+    body: serde_json::Value,
+) -> StatusCode {
+    let mut req = Request::post(uri)
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", forwarded_for)
+        .body(Body::from(body.to_string()))
+        .expect("req");
+    let peer: std::net::SocketAddr = peer.parse().expect("peer");
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    router(state.clone())
+        .oneshot(req)
+        .await
+        .expect("resp")
+        .status()
+}
+
+#[tokio::test]
+async fn sign_ins_and_reports_are_rate_limited_per_address_not_per_header() {
+    let f = fixture();
+    let s = &f.state;
+    let wrong = serde_json::json!({"username": "nobody", "password": "wrong-password"});
+    // A client that names a new X-Forwarded-For every time is still one address.
+    for i in 0..auth::LOGIN_ATTEMPTS_PER_MINUTE {
+        let status = from_peer(
+            s,
+            "198.51.100.9:4000",
+            &format!("10.0.0.{i}"),
+            "/api/v1/auth/login",
+            wrong.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let status = from_peer(
+        s,
+        "198.51.100.9:4001",
+        "10.9.9.9",
+        "/api/v1/auth/login",
+        wrong.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Another address is not affected.
+    let status = from_peer(
+        s,
+        "198.51.100.10:4000",
+        "",
+        "/api/v1/auth/login",
+        wrong.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Behind a reverse proxy on this host, the forwarded address counts.
+    for i in 0..20 {
+        let status = from_peer(
+            s,
+            "127.0.0.1:5000",
+            &format!("203.0.113.{i}"),
+            "/api/v1/reports",
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "report {i} is counted per forwarded address"
+        );
+    }
+    for i in 0..20 {
+        let status = from_peer(
+            s,
+            "198.51.100.11:5000",
+            &format!("203.0.113.{i}"),
+            "/api/v1/reports",
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "report {i}");
+    }
+    let status = from_peer(
+        s,
+        "198.51.100.11:5001",
+        "203.0.113.200",
+        "/api/v1/reports",
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the 21st report from one address"
+    );
+}

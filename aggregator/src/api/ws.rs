@@ -104,6 +104,21 @@ impl LiveFilter {
     }
 }
 
+/// The live feed as JSON text frames `{"type": "detection"|"heartbeat"|"node_status"|"incident"|"lagged", "data": …}`,
+/// limited to the caller's tenant. Send a filter object at any time to change what comes.
+#[utoipa::path(get, path = "/ws", tag = "live", operation_id = "live_feed",
+    security(("jwt" = ["viewer"])),
+    params(
+        ("types" = Option<String>, Query, description = "comma-separated event types"),
+        ("node_id" = Option<String>, Query),
+        ("camera_id" = Option<String>, Query),
+        ("label" = Option<String>, Query),
+        ("min_score" = Option<f32>, Query),
+    ),
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, description = "not a WebSocket upgrade, or a bad filter", body = super::openapi::ErrorBody),
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     Authed(who): super::auth::AsViewer,

@@ -63,7 +63,7 @@ const MIGRATIONS: &[&str] = &[r#"
 "#];
 
 /// A stored track event as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub id: String,
     pub node_id: String,
@@ -84,7 +84,7 @@ pub struct StoredEvent {
 }
 
 /// Crossings of one line by one class in one direction, summed over agent runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LineTotal {
     pub node_id: String,
     pub camera_id: String,

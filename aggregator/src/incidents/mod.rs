@@ -17,7 +17,7 @@ use crate::store::StoreResult;
 
 pub mod sqlite;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     New,
@@ -87,7 +87,19 @@ impl FromStr for Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Low,
@@ -123,11 +135,15 @@ impl FromStr for Severity {
 }
 
 /// How fast an incident must be acknowledged and resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Sla {
+    /// Seconds.
     #[serde(serialize_with = "secs")]
+    #[schema(value_type = i64)]
     pub acknowledge_within: Duration,
+    /// Seconds.
     #[serde(serialize_with = "secs")]
+    #[schema(value_type = i64)]
     pub resolve_within: Duration,
 }
 
@@ -187,7 +203,7 @@ pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
     2.0 * EARTH_RADIUS_M * a.sqrt().asin()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Incident {
     pub id: i64,
     pub tenant_id: Option<i64>,
@@ -228,7 +244,7 @@ impl Incident {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Comment {
     pub id: i64,
     pub incident_id: i64,
@@ -274,7 +290,7 @@ impl From<rusqlite::Error> for IncidentError {
 }
 
 /// A citizen report as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub id: String,
     pub incident_id: i64,
@@ -325,7 +341,7 @@ pub trait IncidentStore: Send + Sync + fmt::Debug {
 }
 
 /// Per-area performance: 70% SLA compliance, 30% resolution speed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AreaScore {
     /// Grid cell id: `lat_index:lng_index` of a `cell_deg` grid.
     pub area: String,

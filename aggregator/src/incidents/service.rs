@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{DedupWindow, IncidentStore, Severity, SlaPolicy};
 
 /// One object found in a report photo, in photo pixels.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PhotoObject {
     pub label: String,
     pub score: f32,

@@ -151,6 +151,22 @@ async fn keyset_pagination_and_filters(s: &dyn Store) {
     let mut sorted = seen.clone();
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(seen, sorted, "newest first");
+    // Each listed detection is found again by its id.
+    let first = s
+        .detections(&DetectionQuery {
+            node_id: Some("p".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("first")
+        .items
+        .remove(0);
+    assert_eq!(
+        s.detection(first.id).await.expect("by id"),
+        Some(first.clone())
+    );
+    assert_eq!(s.detection(i64::MAX).await.expect("unknown id"), None);
 
     let q = DetectionQuery {
         node_id: Some("p".into()),

@@ -64,7 +64,7 @@ pub struct IngestOutcome {
 }
 
 /// A stored detection as the API and the live feed show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StoredDetection {
     pub id: i64,
     pub node_id: String,
@@ -103,7 +103,7 @@ pub struct DetectionPage {
 }
 
 /// What the registry knows of a node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NodeRecord {
     pub node_id: String,
     pub first_seen: DateTime<Utc>,
@@ -113,6 +113,8 @@ pub struct NodeRecord {
     /// Last status message (retained / last will), if any.
     pub status_online: Option<bool>,
     pub status_ts: Option<DateTime<Utc>>,
+    /// The latest heartbeat as the agent sent it (docs/PROTOCOL.md).
+    #[schema(value_type = Option<Object>)]
     pub last_heartbeat: Option<Heartbeat>,
 }
 
@@ -135,7 +137,7 @@ impl NodeRecord {
 }
 
 /// One epoch of one node's detection ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     pub epoch: String,
     /// Every seq in 1..=acked_seq is stored.
@@ -143,11 +145,12 @@ pub struct LedgerEntry {
     pub max_seq: u64,
     pub batches: u64,
     /// Missing seqs between acked_seq and max_seq, as inclusive ranges.
+    #[schema(value_type = Vec<Vec<u64>>)]
     pub holes: Vec<(u64, u64)>,
 }
 
 /// A payload that was refused, kept for inspection.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub received_at: DateTime<Utc>,
@@ -160,7 +163,7 @@ pub struct DeadLetter {
     pub payload_bytes: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     pub detections_total: u64,
     pub by_class: BTreeMap<String, u64>,
@@ -186,7 +189,7 @@ pub struct TimeseriesQuery {
     pub by: TimeseriesBy,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TimeseriesPoint {
     pub bucket: DateTime<Utc>,
     /// The label, camera id, or zone ("" for detections outside any zone).
@@ -250,6 +253,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn node(&self, node_id: &str) -> StoreResult<Option<NodeRecord>>;
     async fn ledger(&self, node_id: &str) -> StoreResult<Vec<LedgerEntry>>;
     async fn detections(&self, q: &DetectionQuery) -> StoreResult<DetectionPage>;
+    /// One stored detection by id (reviews look them up).
+    async fn detection(&self, id: i64) -> StoreResult<Option<StoredDetection>>;
     async fn summary(&self, now: DateTime<Utc>) -> StoreResult<Summary>;
     /// [`Store::summary`] limited to some nodes (a tenant's).
     async fn summary_for(&self, now: DateTime<Utc>, node_ids: &[String]) -> StoreResult<Summary> {

@@ -482,6 +482,25 @@ fn detections_sql(q: &DetectionQuery) -> (String, Vec<BoxedArg>) {
     (sql, args)
 }
 
+fn detection_from_row(r: &tokio_postgres::Row) -> StoredDetection {
+    StoredDetection {
+        id: r.get("id"),
+        node_id: r.get("node_id"),
+        ts: r.get("ts"),
+        camera_id: r.get("camera_id"),
+        class_id: r
+            .get::<_, Option<i32>>("class_id")
+            .and_then(|c| u32::try_from(c).ok()),
+        label: r.get("label"),
+        score: r.get("score"),
+        bbox: [r.get("x1"), r.get("y1"), r.get("x2"), r.get("y2")],
+        track_id: r
+            .get::<_, Option<i64>>("track_id")
+            .and_then(|t| u64::try_from(t).ok()),
+        zone: r.get("zone"),
+    }
+}
+
 fn node_from_row(r: &tokio_postgres::Row) -> NodeRecord {
     let hb: Option<serde_json::Value> = r.get("last_heartbeat");
     NodeRecord {
@@ -959,25 +978,7 @@ impl Store for PgStore {
             .map(|a| a.as_ref() as &(dyn ToSql + Sync))
             .collect();
         let rows = client.query(&stmt, &refs).await?;
-        let mut items: Vec<StoredDetection> = rows
-            .iter()
-            .map(|r| StoredDetection {
-                id: r.get("id"),
-                node_id: r.get("node_id"),
-                ts: r.get("ts"),
-                camera_id: r.get("camera_id"),
-                class_id: r
-                    .get::<_, Option<i32>>("class_id")
-                    .and_then(|c| u32::try_from(c).ok()),
-                label: r.get("label"),
-                score: r.get("score"),
-                bbox: [r.get("x1"), r.get("y1"), r.get("x2"), r.get("y2")],
-                track_id: r
-                    .get::<_, Option<i64>>("track_id")
-                    .and_then(|t| u64::try_from(t).ok()),
-                zone: r.get("zone"),
-            })
-            .collect();
+        let mut items: Vec<StoredDetection> = rows.iter().map(detection_from_row).collect();
         let more = items.len() > q.limit;
         items.truncate(q.limit);
         let next = if more {
@@ -986,6 +987,20 @@ impl Store for PgStore {
             None
         };
         Ok(DetectionPage { items, next })
+    }
+
+    async fn detection(&self, id: i64) -> StoreResult<Option<StoredDetection>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {DETECTION_COLUMNS} FROM detections WHERE id = $1 LIMIT 1"
+            ))
+            .await?;
+        Ok(client
+            .query_opt(&stmt, &[&id])
+            .await?
+            .as_ref()
+            .map(detection_from_row))
     }
 
     async fn summary(&self, now: DateTime<Utc>) -> StoreResult<Summary> {

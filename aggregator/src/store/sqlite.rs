@@ -613,6 +613,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn detection(&self, id: i64) -> StoreResult<Option<StoredDetection>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT * FROM detections WHERE id = ?1",
+                [id],
+                detection_from_row,
+            )
+            .optional()?
+            .map(|(d, _)| d))
+        })
+        .await
+    }
+
     async fn detections(&self, q: &DetectionQuery) -> StoreResult<DetectionPage> {
         let q = q.clone();
         self.read(move |c| {
