@@ -654,6 +654,31 @@ mod tests {
     use super::super::conv::tests::{random_case, Rng};
     use super::*;
 
+    /// The run-time choice is the fastest kernel the CPU has, so the other
+    /// tests here really exercise it. `EDGEQI_EXPECT_QKERNEL` (set by
+    /// scripts/test for its aarch64 run under qemu) names the kernel that
+    /// must be chosen, so an emulated CPU that silently lacks dot product
+    /// fails instead of testing only the scalar fallback.
+    #[test]
+    fn the_fastest_kernel_this_cpu_has_is_chosen() {
+        let chosen = QKernel::detect();
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            assert_eq!(chosen, QKernel::NeonDot);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            assert_eq!(chosen, QKernel::Avx512Vnni);
+        } else if std::arch::is_x86_feature_detected!("avx2") {
+            assert_eq!(chosen, QKernel::Avx2);
+        }
+        let available = QKernel::available();
+        assert!(available.contains(&chosen) && available.contains(&QKernel::Scalar));
+        if let Ok(want) = std::env::var("EDGEQI_EXPECT_QKERNEL") {
+            assert_eq!(chosen.name(), want, "kernels available: {available:?}");
+        }
+    }
+
     #[test]
     fn every_kernel_matches_the_scalar_gemm() {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
