@@ -6,6 +6,7 @@
 //! - [`events`]: tracker events, line counts and snapshots from agents
 //! - [`incidents`]: incidents, SLAs, citizen reports, area scores
 //! - [`live`]: the broadcast bus behind the WebSocket feed
+//! - [`reviews`]: human review of detections and reports, YOLO dataset export
 //! - [`alerts`]: alert rules and watchlists, their evaluator and webhooks
 //! - [`accounts`]: users, roles, tenants, API keys, audit log
 //! - [`api`]: REST and WebSocket (axum)
@@ -20,4 +21,5 @@ pub mod events;
 pub mod incidents;
 pub mod ingest;
 pub mod live;
+pub mod reviews;
 pub mod store;

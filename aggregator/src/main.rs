@@ -212,6 +212,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         auth,
         incidents,
         events: events.clone(),
+        reviews: edgeqi_aggregator::reviews::ReviewStore::open(&config.accounts_database_url)?,
         alerts,
         metrics: Some(metrics),
     });

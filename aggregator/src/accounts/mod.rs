@@ -158,6 +158,8 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
     async fn set_node_tenant(&self, node_id: &str, tenant_id: i64) -> StoreResult<()>;
     /// Nodes of a tenant.
     async fn tenant_nodes(&self, tenant_id: i64) -> StoreResult<Vec<String>>;
+    /// The tenant a node is provisioned into, if any.
+    async fn node_tenant(&self, node_id: &str) -> StoreResult<Option<i64>>;
 
     async fn create_api_key(
         &self,

@@ -254,6 +254,19 @@ impl AccountStore for SqliteAccounts {
         .await
     }
 
+    async fn node_tenant(&self, node_id: &str) -> StoreResult<Option<i64>> {
+        let n = node_id.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT tenant_id FROM node_tenants WHERE node_id = ?1",
+                [n],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     async fn tenant_nodes(&self, tenant_id: i64) -> StoreResult<Vec<String>> {
         self.with(move |c| {
             let mut stmt = c.prepare_cached(

@@ -69,6 +69,7 @@ async fn harness() -> Harness {
         )),
         incidents,
         events: crate::events::EventStore::open(&url).expect("events"),
+        reviews: crate::reviews::ReviewStore::open(&url).expect("reviews"),
         alerts,
         metrics: None,
     };

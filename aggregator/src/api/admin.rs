@@ -3,6 +3,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -10,6 +11,7 @@ use serde_json::json;
 use super::auth::{
     api_key_digest, hash_password, new_api_key, AsAdmin, AsViewer, Authed, Principal,
 };
+use super::export::{respond, respond_all, Column, Format, ListFormat, PageFuture};
 use super::openapi::{Items, Page};
 use super::{ApiError, AppState, JsonBody};
 use crate::accounts::{AccountError, ApiKey, AuditEntry, AuditRecord, Role, Tenant, User};
@@ -150,14 +152,26 @@ pub async fn create_user(
 
 /// Users of the caller's tenant, or all for a global admin.
 #[utoipa::path(get, path = "/users", tag = "accounts", operation_id = "list_users",
-    security(("jwt" = ["admin"])), responses((status = 200, body = Items<User>)))]
+    security(("jwt" = ["admin"])),
+    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
+        content((Items<User> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn list_users(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
-) -> Result<Json<Items<User>>, ApiError> {
-    Ok(Json(Items {
-        items: state.accounts.users(who.scope()).await?,
-    }))
+    ListFormat(format): ListFormat,
+) -> Result<Response, ApiError> {
+    let items = state.accounts.users(who.scope()).await?;
+    Ok(respond_all(
+        format,
+        &[
+            ("id", "id"),
+            ("username", "username"),
+            ("role", "role"),
+            ("tenant_id", "tenant_id"),
+            ("created_at", "created_at"),
+        ],
+        items,
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -209,16 +223,23 @@ pub async fn create_tenant(
 
 /// All tenants for a global caller, otherwise the caller's own.
 #[utoipa::path(get, path = "/tenants", tag = "accounts", operation_id = "list_tenants",
-    security(("jwt" = ["viewer"])), responses((status = 200, body = Items<Tenant>)))]
+    security(("jwt" = ["viewer"])),
+    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
+        content((Items<Tenant> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     Authed(who): AsViewer,
-) -> Result<Json<Items<Tenant>>, ApiError> {
+    ListFormat(format): ListFormat,
+) -> Result<Response, ApiError> {
     let items = match who.tenant_id {
         None => state.accounts.tenants().await?,
         Some(t) => state.accounts.tenant(t).await?.into_iter().collect(),
     };
-    Ok(Json(Items { items }))
+    Ok(respond_all(
+        format,
+        &[("id", "id"), ("name", "name"), ("created_at", "created_at")],
+        items,
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -316,12 +337,23 @@ pub async fn provision_node(
             "node_id must match [A-Za-z0-9_-]{1,64}".into(),
         ));
     }
+    if who.tenant_id.is_some() && req.tenant_id.is_some_and(|t| Some(t) != who.tenant_id) {
+        return Err(ApiError::Forbidden(
+            "you can only provision nodes into your own tenant".into(),
+        ));
+    }
     let tenant = who
         .tenant_id
         .or(req.tenant_id)
         .ok_or_else(|| ApiError::Unprocessable("give tenant_id".into()))?;
-    if !who.can_access(Some(tenant)) {
-        return Err(ApiError::Forbidden("not your tenant".into()));
+    // A tenant admin must not take over another tenant's node (and with it
+    // its detections); moving a node between tenants is a global admin's call.
+    let owner = state.accounts.node_tenant(&req.node_id).await?;
+    if owner.is_some_and(|o| o != tenant) && who.tenant_id.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "node {:?} belongs to another tenant",
+            req.node_id
+        )));
     }
     if state.accounts.tenant(tenant).await?.is_none() {
         return Err(ApiError::Unprocessable(format!("no tenant {tenant}")));
@@ -347,29 +379,58 @@ pub struct AuditParams {
     /// 1..=1000, default 100.
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
-    cursor: Option<i64>,
+    cursor: Option<String>,
 }
 
 /// Every mutation (who, what, before/after, when, from where), newest first;
 /// a tenant admin sees their tenant's.
 #[utoipa::path(get, path = "/audit", tag = "accounts", operation_id = "audit_log",
     security(("jwt" = ["admin"])), params(AuditParams),
-    responses((status = 200, body = Page<AuditEntry>)))]
+    responses((status = 200, description = "one page as JSON, or every entry as CSV or NDJSON (`format=`)",
+        content((Page<AuditEntry> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn audit_log(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
+    ListFormat(format): ListFormat,
     Query(p): Query<AuditParams>,
-) -> Result<Json<Page<AuditEntry>>, ApiError> {
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    let items = state
-        .accounts
-        .audit_log(who.scope(), limit, p.cursor)
-        .await?;
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|e| e.id.to_string()))
-        .flatten();
-    Ok(Json(Page { items, next_cursor }))
+) -> Result<Response, ApiError> {
+    let limit = match format {
+        Format::Json => p.limit.unwrap_or(100).clamp(1, 1000),
+        _ => 1000,
+    };
+    let scope = who.scope();
+    let fetch = move |cursor: Option<String>| -> PageFuture<AuditEntry> {
+        let state = state.clone();
+        Box::pin(async move {
+            let before = cursor
+                .map(|c| {
+                    c.parse::<i64>().map_err(|_| {
+                        ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"))
+                    })
+                })
+                .transpose()?;
+            let items = state.accounts.audit_log(scope, limit, before).await?;
+            let next_cursor = (items.len() == limit)
+                .then(|| items.last().map(|e| e.id.to_string()))
+                .flatten();
+            Ok((items, next_cursor))
+        })
+    };
+    respond(format, AUDIT_COLUMNS, p.cursor, fetch).await
 }
+
+/// CSV columns of the audit log.
+const AUDIT_COLUMNS: &[Column] = &[
+    ("id", "id"),
+    ("ts", "ts"),
+    ("actor", "actor"),
+    ("tenant_id", "tenant_id"),
+    ("action", "action"),
+    ("target", "target"),
+    ("remote_addr", "remote_addr"),
+    ("before", "before"),
+    ("after", "after"),
+];
 
 /// One user; another tenant's is a 404.
 #[utoipa::path(get, path = "/users/{id}", tag = "accounts", operation_id = "get_user",

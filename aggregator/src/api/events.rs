@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::auth::{AsViewer, Authed};
+use super::export::{respond, Column, Format, ListFormat, PageFuture};
 use super::openapi::{Binary, Items, Page};
 use super::{visible_nodes, ApiError, AppState};
 use crate::events::{EventQuery, LineTotal, StoredEvent};
@@ -36,27 +37,58 @@ fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
 /// Tracker events of the caller's nodes (appeared/left/zone/line), newest first.
 #[utoipa::path(get, path = "/events", tag = "events", operation_id = "list_events",
     security(("jwt" = ["viewer"])), params(EventParams),
-    responses((status = 200, body = Page<StoredEvent>)))]
+    responses((status = 200, description = "one page as JSON, or every matching event as CSV or NDJSON (`format=`)",
+        content((Page<StoredEvent> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn list(
     State(state): State<AppState>,
     Authed(who): AsViewer,
+    ListFormat(format): ListFormat,
     Query(p): Query<EventParams>,
-) -> Result<Json<Page<StoredEvent>>, ApiError> {
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+) -> Result<Response, ApiError> {
+    let limit = match format {
+        Format::Json => p.limit.unwrap_or(100).clamp(1, 1000),
+        _ => 1000,
+    };
     let q = EventQuery {
         node_ids: visible_nodes(&state, &who).await?,
         node_id: p.node_id,
         camera_id: p.camera_id,
         kind: p.kind,
         limit,
-        after: p.cursor.as_deref().map(decode_cursor).transpose()?,
+        after: None,
     };
-    let (items, next) = state.events.events(q).await?;
-    Ok(Json(Page {
-        items,
-        next_cursor: next.map(|(ts, id)| format!("{ts:x}.{id}")),
-    }))
+    let fetch = move |cursor: Option<String>| -> PageFuture<StoredEvent> {
+        let (state, mut q) = (state.clone(), q.clone());
+        Box::pin(async move {
+            q.after = cursor.as_deref().map(decode_cursor).transpose()?;
+            let (items, next) = state.events.events(q).await?;
+            Ok((items, next.map(|(ts, id)| format!("{ts:x}.{id}"))))
+        })
+    };
+    respond(format, EVENT_COLUMNS, p.cursor, fetch).await
 }
+
+/// CSV columns of track events.
+const EVENT_COLUMNS: &[Column] = &[
+    ("id", "id"),
+    ("ts", "ts"),
+    ("node_id", "node_id"),
+    ("camera_id", "camera_id"),
+    ("track_id", "track_id"),
+    ("kind", "kind"),
+    ("class_id", "class_id"),
+    ("label", "label"),
+    ("score", "score"),
+    ("x1", "bbox.0"),
+    ("y1", "bbox.1"),
+    ("x2", "bbox.2"),
+    ("y2", "bbox.3"),
+    ("zone", "zone"),
+    ("line", "line"),
+    ("direction", "direction"),
+    ("dwell_s", "dwell_s"),
+    ("has_snapshot", "has_snapshot"),
+];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::admin::{audit, remote_addr};
 use super::auth::{AsOperator, AsViewer, Authed, Principal};
+use super::export::{respond, Column, Format, ListFormat, PageFuture};
 use super::openapi::{Binary, ErrorBody, Page};
 use super::{ApiError, AppState, JsonBody};
 use crate::incidents::service::severity;
@@ -104,8 +105,16 @@ pub struct IncidentDetail {
     #[serde(flatten)]
     pub incident: IncidentView,
     pub comments: Vec<Comment>,
-    pub reports: Vec<Report>,
+    pub reports: Vec<ReportView>,
     pub sla: Sla,
+}
+
+/// A citizen report and its review, if it has one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReportView {
+    #[serde(flatten)]
+    pub report: Report,
+    pub review: Option<crate::reviews::Review>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -117,48 +126,86 @@ pub struct ListParams {
     /// 1..=1000, default 100.
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
-    cursor: Option<i64>,
+    cursor: Option<String>,
 }
 
 /// Incidents of the caller's tenant, newest first.
 #[utoipa::path(get, path = "/incidents", tag = "incidents", operation_id = "list_incidents",
     security(("jwt" = ["viewer"])), params(ListParams),
-    responses((status = 200, body = Page<IncidentView>), (status = 400, description = "unknown status", body = ErrorBody)))]
+    responses(
+        (status = 200, description = "one page as JSON, or every matching incident as CSV or NDJSON (`format=`)",
+            content((Page<IncidentView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "unknown status", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Authed(who): AsViewer,
+    ListFormat(format): ListFormat,
     Query(p): Query<ListParams>,
-) -> Result<Json<Page<IncidentView>>, ApiError> {
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+) -> Result<Response, ApiError> {
+    let limit = match format {
+        Format::Json => p.limit.unwrap_or(100).clamp(1, 1000),
+        _ => 1000,
+    };
     let status = p
         .status
         .as_deref()
         .map(str::parse::<Status>)
         .transpose()
         .map_err(ApiError::BadRequest)?;
-    let items = state
-        .incidents
-        .store
-        .incidents(&IncidentFilter {
-            tenant_id: who.scope(),
-            status,
-            category: p.category,
-            limit,
-            before_id: p.cursor,
+    let filter = IncidentFilter {
+        tenant_id: who.scope(),
+        status,
+        category: p.category,
+        limit,
+        before_id: None,
+    };
+    let fetch = move |cursor: Option<String>| -> PageFuture<IncidentView> {
+        let (state, mut filter) = (state.clone(), filter.clone());
+        Box::pin(async move {
+            filter.before_id = cursor
+                .map(|c| {
+                    c.parse::<i64>().map_err(|_| {
+                        ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"))
+                    })
+                })
+                .transpose()?;
+            let items = state.incidents.store.incidents(&filter).await?;
+            let now = Utc::now();
+            let next_cursor = (items.len() == filter.limit)
+                .then(|| items.last().map(|i| i.id.to_string()))
+                .flatten();
+            let items = items
+                .into_iter()
+                .map(|i| IncidentView::new(i, now))
+                .collect();
+            Ok((items, next_cursor))
         })
-        .await?;
-    let now = Utc::now();
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|i| i.id.to_string()))
-        .flatten();
-    Ok(Json(Page {
-        items: items
-            .into_iter()
-            .map(|i| IncidentView::new(i, now))
-            .collect(),
-        next_cursor,
-    }))
+    };
+    respond(format, INCIDENT_COLUMNS, p.cursor, fetch).await
 }
+
+/// CSV columns of incidents.
+const INCIDENT_COLUMNS: &[Column] = &[
+    ("id", "id"),
+    ("tenant_id", "tenant_id"),
+    ("category", "category"),
+    ("severity", "severity"),
+    ("status", "status"),
+    ("title", "title"),
+    ("lat", "lat"),
+    ("lng", "lng"),
+    ("source", "source"),
+    ("assignee", "assignee"),
+    ("report_count", "report_count"),
+    ("created_at", "created_at"),
+    ("updated_at", "updated_at"),
+    ("acknowledged_at", "acknowledged_at"),
+    ("resolved_at", "resolved_at"),
+    ("closed_at", "closed_at"),
+    ("acknowledge_due", "acknowledge_due"),
+    ("resolve_due", "resolve_due"),
+    ("sla_breached", "sla_breached"),
+];
 
 /// One incident with its comments, reports and SLA; another tenant's is a 404.
 #[utoipa::path(get, path = "/incidents/{id}", tag = "incidents", operation_id = "get_incident",
@@ -174,10 +221,24 @@ pub async fn get(
         .incidents
         .sla
         .sla(&incident.category, incident.severity);
+    let reports = state.incidents.store.reports_of(id).await?;
+    let mut reviews = state
+        .reviews
+        .of(
+            crate::reviews::SubjectKind::Report,
+            reports.iter().map(|r| r.id.clone()).collect(),
+        )
+        .await?;
     Ok(Json(IncidentDetail {
         incident: IncidentView::new(incident, Utc::now()),
         comments: state.incidents.store.comments(id).await?,
-        reports: state.incidents.store.reports_of(id).await?,
+        reports: reports
+            .into_iter()
+            .map(|r| ReportView {
+                review: reviews.remove(&r.id),
+                report: r,
+            })
+            .collect(),
         sla,
     }))
 }

@@ -29,12 +29,15 @@ pub mod auth;
 mod dashboard;
 mod error;
 pub mod events;
+pub mod export;
 pub mod incidents;
 pub mod openapi;
+pub mod reviews;
 pub(crate) mod ws;
 
 use auth::{AsViewer, Authed, Principal};
 pub use error::ApiError;
+use export::{Column, Format, ListFormat, PageFuture};
 use openapi::{ApiRoutes, ErrorBody, Items, Page};
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
@@ -49,6 +52,7 @@ pub struct AppState {
     pub auth: Arc<auth::AuthKeys>,
     pub incidents: Arc<crate::incidents::Incidents>,
     pub events: crate::events::EventStore,
+    pub reviews: crate::reviews::ReviewStore,
     /// Alert rules, fired alerts, webhook deliveries.
     pub alerts: Arc<crate::alerts::Alerts>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -118,6 +122,10 @@ pub fn api_routes() -> ApiRoutes {
         .routes(routes!(incidents::report_status))
         .routes(routes!(incidents::areas))
         .routes(routes!(incidents::incident_stats))
+        .routes(routes!(reviews::review_detection))
+        .routes(routes!(reviews::review_report))
+        .routes(routes!(reviews::list))
+        .routes(routes!(reviews::export))
         .routes(routes!(alerts::list, alerts::create))
         .routes(routes!(alerts::get, alerts::patch, alerts::delete))
         .routes(routes!(alerts::rule_deliveries))
@@ -230,19 +238,34 @@ fn node_view(n: NodeRecord, now: DateTime<Utc>) -> NodeView {
 /// The nodes the caller may see, with their latest heartbeat and online state.
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes",
     security(("jwt" = ["viewer"])),
-    responses((status = 200, body = Items<NodeView>)))]
+    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
+        content((Items<NodeView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 #[tracing::instrument(skip_all)]
 async fn list_nodes(
     State(state): State<AppState>,
     Authed(who): AsViewer,
-) -> Result<Json<Items<NodeView>>, ApiError> {
+    ListFormat(format): ListFormat,
+) -> Result<Response, ApiError> {
     let now = Utc::now();
     let mut nodes = state.store.nodes().await?;
     if let Some(visible) = visible_nodes(&state, &who).await? {
         nodes.retain(|n| visible.contains(&n.node_id));
     }
-    let items = nodes.into_iter().map(|n| node_view(n, now)).collect();
-    Ok(Json(Items { items }))
+    let items: Vec<_> = nodes.into_iter().map(|n| node_view(n, now)).collect();
+    Ok(export::respond_all(
+        format,
+        &[
+            ("node_id", "node_id"),
+            ("online", "online"),
+            ("first_seen", "first_seen"),
+            ("last_seen", "last_seen"),
+            ("last_heartbeat_at", "last_heartbeat_at"),
+            ("heartbeat_interval_s", "heartbeat_interval_s"),
+            ("status_online", "status_online"),
+            ("status_ts", "status_ts"),
+        ],
+        items,
+    ))
 }
 
 /// One node with its ledger; another tenant's node is a 404.
@@ -335,13 +358,17 @@ fn decode_cursor(c: &str) -> Result<(i64, i64), ApiError> {
 /// Stored detections of the caller's nodes, newest first (keyset pagination).
 #[utoipa::path(get, path = "/detections", tag = "detections", operation_id = "list_detections",
     security(("jwt" = ["viewer"])), params(DetectionParams),
-    responses((status = 200, body = Page<StoredDetection>), (status = 400, description = "a parameter is malformed; the message names it", body = ErrorBody)))]
+    responses(
+        (status = 200, description = "one page as JSON, or every matching row as CSV or NDJSON (`format=`)",
+            content((Page<DetectionView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "a parameter is malformed; the message names it", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn list_detections(
     State(state): State<AppState>,
     Authed(who): AsViewer,
+    ListFormat(format): ListFormat,
     Query(p): Query<DetectionParams>,
-) -> Result<Json<Page<StoredDetection>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = match p.limit.as_deref() {
         None => DEFAULT_PAGE,
         Some(l) => l
@@ -377,14 +404,64 @@ async fn list_detections(
             .map(|v| parse_time("until", v))
             .transpose()?,
         min_score,
-        limit,
-        after: p.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit: if format == Format::Json {
+            limit
+        } else {
+            MAX_PAGE
+        },
+        after: None,
     };
-    let page = state.store.detections(&q).await?;
-    Ok(Json(Page {
-        items: page.items,
-        next_cursor: page.next.map(encode_cursor),
-    }))
+    let fetch = move |cursor: Option<String>| -> PageFuture<DetectionView> {
+        let (state, mut q) = (state.clone(), q.clone());
+        Box::pin(async move {
+            q.after = cursor.as_deref().map(decode_cursor).transpose()?;
+            let page = state.store.detections(&q).await?;
+            let mut reviews = state
+                .reviews
+                .of(
+                    crate::reviews::SubjectKind::Detection,
+                    page.items.iter().map(|d| d.id.to_string()).collect(),
+                )
+                .await?;
+            let items = page
+                .items
+                .into_iter()
+                .map(|d| DetectionView {
+                    review: reviews.remove(&d.id.to_string()),
+                    detection: d,
+                })
+                .collect();
+            Ok((items, page.next.map(encode_cursor)))
+        })
+    };
+    export::respond(format, DETECTION_COLUMNS, p.cursor, fetch).await
+}
+
+/// CSV columns of detections.
+const DETECTION_COLUMNS: &[Column] = &[
+    ("id", "id"),
+    ("ts", "ts"),
+    ("node_id", "node_id"),
+    ("camera_id", "camera_id"),
+    ("class_id", "class_id"),
+    ("label", "label"),
+    ("score", "score"),
+    ("x1", "bbox.0"),
+    ("y1", "bbox.1"),
+    ("x2", "bbox.2"),
+    ("y2", "bbox.3"),
+    ("track_id", "track_id"),
+    ("zone", "zone"),
+    ("review_verdict", "review.verdict"),
+    ("review_label", "review.objects.0.label"),
+];
+
+/// A stored detection and its review, if it has one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DetectionView {
+    #[serde(flatten)]
+    pub detection: StoredDetection,
+    pub review: Option<crate::reviews::Review>,
 }
 
 /// Totals by class and nodes online, over the caller's nodes.
@@ -437,7 +514,7 @@ const MAX_BUCKETS: i64 = 10_000;
 #[tracing::instrument(skip_all)]
 async fn timeseries(
     State(state): State<AppState>,
-    Authed(_who): AsViewer,
+    Authed(who): AsViewer,
     Query(p): Query<TimeseriesParams>,
 ) -> Result<Json<Timeseries>, ApiError> {
     let bucket_raw = p.bucket.as_deref().unwrap_or("1m");
@@ -489,6 +566,7 @@ async fn timeseries(
             until,
             bucket,
             by,
+            node_ids: visible_nodes(&state, &who).await?,
         })
         .await?;
     Ok(Json(Timeseries {
@@ -510,17 +588,36 @@ struct LimitParam {
 /// Refused payloads with their reason, newest first.
 #[utoipa::path(get, path = "/dead-letters", tag = "nodes", operation_id = "dead_letters",
     security(("jwt" = ["operator"])), params(LimitParam),
-    responses((status = 200, body = Items<DeadLetter>)))]
+    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
+        content((Items<DeadLetter> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 #[tracing::instrument(skip_all)]
 async fn dead_letters(
     State(state): State<AppState>,
-    Authed(_who): auth::AsOperator,
+    Authed(who): auth::AsOperator,
+    ListFormat(format): ListFormat,
     Query(p): Query<LimitParam>,
-) -> Result<Json<Items<DeadLetter>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = p.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    Ok(Json(Items {
-        items: state.store.dead_letters(limit).await?,
-    }))
+    let mut items = state.store.dead_letters(limit).await?;
+    // A tenant's operator sees its own nodes' refused payloads only; those
+    // of no known node are for global operators.
+    if let Some(visible) = visible_nodes(&state, &who).await? {
+        items.retain(|d| d.node_id.as_ref().is_some_and(|n| visible.contains(n)));
+    }
+    Ok(export::respond_all(
+        format,
+        &[
+            ("id", "id"),
+            ("received_at", "received_at"),
+            ("topic", "topic"),
+            ("node_id", "node_id"),
+            ("reason_code", "reason_code"),
+            ("reason", "reason"),
+            ("payload_bytes", "payload_bytes"),
+            ("payload", "payload"),
+        ],
+        items,
+    ))
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ pub const ROLES: [&str; 4] = ["public", "viewer", "operator", "admin"];
         (name = "events", description = "Tracker events, line counts, snapshots"),
         (name = "incidents", description = "Incidents, citizen reports, analytics"),
         (name = "live", description = "The WebSocket feed"),
+        (name = "reviews", description = "Human review of detections and reports; YOLO dataset export"),
         (name = "alerts", description = "Alert rules, watchlists, fired alerts, webhook deliveries"),
         (name = "meta", description = "This document"),
     )

@@ -43,6 +43,7 @@ fn fixture() -> Fixture {
                 None,
             )),
             events: crate::events::EventStore::open(&url).expect("events"),
+            reviews: crate::reviews::ReviewStore::open(&url).expect("reviews"),
             // No evaluator runs here: alerting is tested in crate::alerts.
             alerts: crate::alerts::Alerts::open(&url, Default::default())
                 .expect("alerts")
@@ -1251,3 +1252,437 @@ async fn sign_ins_and_reports_are_rate_limited_per_address_not_per_header() {
         "the 21st report from one address"
     );
 }
+
+#[tokio::test]
+async fn reviews_are_audited_shown_in_lists_and_export_as_a_yolo_dataset() {
+    use std::io::Read;
+    let f = fixture();
+    let s = &f.state;
+    seed(s, 1, 2).await;
+    let (_, page) = get(s, "/api/v1/detections", None).await;
+    let det = page["items"][0]["id"].as_i64().expect("detection id");
+    assert!(page["items"][0]["review"].is_null(), "not reviewed yet");
+    let photo = test_photo();
+    let (width, height) = image::image_dimensions(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/bus.jpg"
+    ))
+    .expect("bus.jpg size");
+    let fields = |lat: &'static [u8]| -> Vec<(&'static str, Option<&'static str>, Vec<u8>)> {
+        vec![
+            ("photo", Some("p.jpg"), photo.clone()),
+            ("lat", None, lat.to_vec()),
+            ("lng", None, b"13.4".to_vec()),
+        ]
+    };
+    let mut report_ids = Vec::new();
+    for lat in [&b"52.5"[..], &b"48.1"[..]] {
+        let f = fields(lat);
+        let refs: Vec<(&str, Option<&str>, &[u8])> =
+            f.iter().map(|(a, b, c)| (*a, *b, c.as_slice())).collect();
+        let (status, report) = post_report(s, &refs).await;
+        assert_eq!(status, StatusCode::CREATED, "{report}");
+        report_ids.push((
+            report["id"].as_str().expect("id").to_owned(),
+            report["incident_id"].as_i64().expect("incident"),
+        ));
+    }
+    let (kept, incident) = report_ids[0].clone();
+    let (rejected, _) = report_ids[1].clone();
+
+    // Who may review, and what a review must say.
+    let (status, viewer) = send(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "r"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    create_user(s, ADMIN, serde_json::json!({"username": "rev-viewer", "password": "password-1", "role": "viewer", "tenant_id": viewer["id"]})).await;
+    let (_, session) = login(s, "rev-viewer", "password-1").await;
+    let viewer_token = session["token"].as_str().expect("token").to_owned();
+    let review_uri = format!("/api/v1/reports/{kept}/review");
+    let (status, _) = send(
+        s,
+        "POST",
+        &review_uri,
+        Some(&viewer_token),
+        Some(serde_json::json!({"verdict": "confirmed"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for bad in [
+        serde_json::json!({"verdict": "maybe"}),
+        serde_json::json!({"verdict": "relabeled"}),
+        serde_json::json!({"verdict": "confirmed", "label": "bus"}),
+        serde_json::json!({"verdict": "relabeled", "objects": [{"label": "bus", "bbox": [10.0, 10.0, 5.0, 20.0]}]}),
+    ] {
+        let (status, body) = send(s, "POST", &review_uri, Some(ADMIN), Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert!(body["error"]["message"].is_string());
+    }
+    assert_eq!(
+        send(
+            s,
+            "POST",
+            "/api/v1/reports/rpt_nope/review",
+            Some(ADMIN),
+            Some(serde_json::json!({"verdict": "confirmed"}))
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // A report relabeled with two boxes, another rejected, a detection relabeled.
+    let objects = serde_json::json!([
+        {"label": "bus", "bbox": [10.0, 200.0, 800.0, 760.0]},
+        {"label": "person", "bbox": [50.5, 400.0, 250.0, 900.0]}
+    ]);
+    let (status, review) = send(
+        s,
+        "POST",
+        &review_uri,
+        Some(ADMIN),
+        Some(
+            serde_json::json!({"verdict": "relabeled", "objects": objects, "note": "two, not one"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{review}");
+    assert_eq!(review["verdict"], "relabeled");
+    assert_eq!(review["reviewer"], "bootstrap-admin");
+    let (status, _) = send(
+        s,
+        "POST",
+        &format!("/api/v1/reports/{rejected}/review"),
+        Some(ADMIN),
+        Some(serde_json::json!({"verdict": "rejected"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, review) = send(
+        s,
+        "POST",
+        &format!("/api/v1/detections/{det}/review"),
+        Some(ADMIN),
+        Some(serde_json::json!({"verdict": "relabeled", "label": "truck"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{review}");
+    assert_eq!(review["objects"][0]["label"], "truck");
+
+    // Visible where the subjects are listed, and audited.
+    let (_, page) = get(s, "/api/v1/detections", None).await;
+    let listed = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|d| d["id"] == det)
+        .expect("det");
+    assert_eq!(listed["review"]["verdict"], "relabeled");
+    let (_, detail) = get(s, &format!("/api/v1/incidents/{incident}"), None).await;
+    assert_eq!(
+        detail["reports"][0]["review"]["verdict"], "relabeled",
+        "{detail}"
+    );
+    let (_, reviews) = get(s, "/api/v1/reviews?kind=report", None).await;
+    assert_eq!(reviews["items"].as_array().map(Vec::len), Some(2));
+    let (_, audit) = get(s, "/api/v1/audit", None).await;
+    assert!(audit["items"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .any(|e| e["action"] == "review.record" && e["target"] == format!("report:{kept}")));
+
+    // The export: the kept report's photo and labels, nothing of the rejected one.
+    let req = Request::get("/api/v1/reviews/export.zip")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .expect("req");
+    let resp = router(s.clone()).oneshot(req).await.expect("resp");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/zip");
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).expect("a zip");
+    let mut names: Vec<String> = zip.file_names().map(str::to_owned).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "data.yaml".to_owned(),
+            format!("images/{kept}.jpg"),
+            format!("labels/{kept}.txt"),
+            "manifest.json".to_owned()
+        ]
+    );
+    let mut read = |name: &str| {
+        let mut text = String::new();
+        zip.by_name(name)
+            .expect(name)
+            .read_to_string(&mut text)
+            .expect("utf-8");
+        text
+    };
+    let yaml = read("data.yaml");
+    assert!(
+        yaml.contains("nc: 2\nnames:\n  - 'bus'\n  - 'person'\n"),
+        "{yaml}"
+    );
+    let labels = read(&format!("labels/{kept}.txt"));
+    let (w, h) = (f64::from(width), f64::from(height));
+    let expect = |class: usize, b: [f64; 4]| {
+        let (x2, y2) = (b[2].min(w), b[3].min(h));
+        format!(
+            "{class} {:.6} {:.6} {:.6} {:.6}",
+            (b[0] + x2) / 2.0 / w,
+            (b[1] + y2) / 2.0 / h,
+            (x2 - b[0]) / w,
+            (y2 - b[1]) / h
+        )
+    };
+    let lines: Vec<&str> = labels.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            expect(0, [10.0, 200.0, 800.0, 760.0]),
+            expect(1, [50.5, 400.0, 250.0, 900.0])
+        ],
+        "{labels}"
+    );
+    for line in &lines {
+        let v: Vec<f64> = line
+            .split(' ')
+            .skip(1)
+            .map(|x| x.parse().expect("number"))
+            .collect();
+        assert!(
+            v.iter().all(|x| (0.0..=1.0).contains(x)),
+            "normalised: {line}"
+        );
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read("manifest.json")).expect("manifest");
+    let skipped = manifest["skipped"].as_array().expect("skipped");
+    assert!(skipped
+        .iter()
+        .any(|e| e["reason"] == "rejected" && e["review"]["subject"] == rejected.as_str()));
+    assert!(skipped
+        .iter()
+        .any(|e| e["review"]["kind"] == "detection" && e["objects"][0]["label"] == "truck"));
+    let mut image = Vec::new();
+    zip.by_name(&format!("images/{kept}.jpg"))
+        .expect("image")
+        .read_to_end(&mut image)
+        .expect("read");
+    assert_eq!(image, photo, "the photo as the citizen sent it");
+}
+
+/// A minimal RFC 4180 reader for checking exports: records of fields.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    rows
+}
+
+async fn raw(
+    state: &AppState,
+    uri: &str,
+    token: &str,
+    accept: Option<&str>,
+) -> (StatusCode, String, String) {
+    let mut req = Request::get(uri).header("authorization", format!("Bearer {token}"));
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = router(state.clone())
+        .oneshot(req.body(Body::empty()).expect("req"))
+        .await
+        .expect("resp");
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        ctype,
+        String::from_utf8(bytes.to_vec()).expect("utf-8"),
+    )
+}
+
+#[tokio::test]
+async fn lists_export_as_csv_and_ndjson_streaming_every_page_within_scope() {
+    let f = fixture();
+    let s = &f.state;
+    seed(s, 3, 500).await;
+    let tricky = "bus, \"double-decker\"\nred";
+    let mut batch = DetectionBatch {
+        v: 1,
+        node_id: "gate-01".into(),
+        epoch: "e".into(),
+        seq: 4,
+        sent_at: Utc::now(),
+        detections: vec![],
+        counts: vec![],
+    };
+    batch.detections.push(Detection {
+        ts: Utc::now(),
+        camera_id: "north".into(),
+        class_id: None,
+        label: tricky.into(),
+        score: 0.5,
+        bbox: [1.0, 2.0, 3.0, 4.0],
+        track_id: None,
+        zone: Some("a,b".into()),
+    });
+    s.store.ingest_batch(&batch).await.expect("tricky");
+
+    // CSV: every row (past the 1000-row page), fields quoted where needed.
+    let (status, ctype, text) = raw(s, "/api/v1/detections?format=csv&limit=5", ADMIN, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("text/csv"), "{ctype}");
+    assert!(
+        text.contains("\"bus, \"\"double-decker\"\"\nred\""),
+        "quoted: {}",
+        &text[..300.min(text.len())]
+    );
+    let rows = parse_csv(&text);
+    assert_eq!(
+        rows[0][..6],
+        ["id", "ts", "node_id", "camera_id", "class_id", "label"]
+    );
+    assert_eq!(rows.len(), 1 + 1501, "header and every detection");
+    assert!(
+        rows.iter().all(|r| r.len() == rows[0].len()),
+        "same width everywhere"
+    );
+    let trick = rows
+        .iter()
+        .find(|r| r[5] == tricky)
+        .expect("the tricky label survives the round trip");
+    assert_eq!(trick[12], "a,b");
+    assert_eq!(trick[7..11], ["1.0", "2.0", "3.0", "4.0"]);
+    let mut ids: Vec<&str> = rows[1..].iter().map(|r| r[0].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 1501, "no row twice across pages");
+    // Filters apply to exports too.
+    let (_, _, text) = raw(s, "/api/v1/detections?format=csv&label=person", ADMIN, None).await;
+    assert_eq!(parse_csv(&text).len(), 1 + 750);
+
+    // NDJSON by Accept header: one JSON object a line.
+    let (status, ctype, text) =
+        raw(s, "/api/v1/detections", ADMIN, Some("application/x-ndjson")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ctype, "application/x-ndjson");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1501);
+    assert!(lines.iter().any(|l| l["label"] == tricky));
+
+    // A bad format is a JSON error; a tenant's viewer exports only its nodes (none here).
+    let (status, body) = get(s, "/api/v1/detections?format=xml", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (_, tenant) = send(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "empty"})),
+    )
+    .await;
+    create_user(s, ADMIN, serde_json::json!({"username": "ex-viewer", "password": "password-1", "role": "viewer", "tenant_id": tenant["id"]})).await;
+    let (_, session) = login(s, "ex-viewer", "password-1").await;
+    let token = session["token"].as_str().expect("token").to_owned();
+    let (status, _, text) = raw(s, "/api/v1/detections?format=csv", &token, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(parse_csv(&text).len(), 1, "only the header");
+    let (_, _, text) = raw(s, "/api/v1/detections?format=ndjson", &token, None).await;
+    assert!(text.is_empty());
+
+    // Incidents: free text (the assignee) with commas, quotes and a newline.
+    let photo = test_photo();
+    let (status, report) = post_report(
+        s,
+        &[
+            ("photo", Some("p.jpg"), &photo),
+            ("lat", None, b"52.5"),
+            ("lng", None, b"13.4"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = report["incident_id"].as_i64().expect("incident");
+    let assignee = "Smith, \"Jo\"\nteam 2";
+    let (status, _) = send(
+        s,
+        "PATCH",
+        &format!("/api/v1/incidents/{id}"),
+        Some(ADMIN),
+        Some(serde_json::json!({"assignee": assignee})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, ctype, text) = raw(s, "/api/v1/incidents?format=csv", ADMIN, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("text/csv"));
+    let rows = parse_csv(&text);
+    assert_eq!(rows.len(), 2, "{text}");
+    let col = |name: &str| rows[0].iter().position(|h| h == name).expect(name);
+    assert_eq!(rows[1][col("assignee")], assignee);
+    assert_eq!(rows[1][col("id")], id.to_string());
+    assert_eq!(rows[1][col("status")], "new");
+    let (_, _, text) = raw(s, "/api/v1/incidents?format=ndjson", ADMIN, None).await;
+    let line: serde_json::Value = serde_json::from_str(text.trim_end()).expect("one line");
+    assert_eq!(line["assignee"], assignee);
+    // The JSON page is unchanged by all this.
+    let (_, page) = get(s, "/api/v1/incidents", None).await;
+    assert_eq!(page["items"][0]["assignee"], assignee);
+    // Audit, users, nodes export too.
+    for uri in [
+        "/api/v1/audit?format=csv",
+        "/api/v1/users?format=csv",
+        "/api/v1/nodes?format=csv",
+        "/api/v1/events?format=csv",
+        "/api/v1/reviews?format=csv",
+        "/api/v1/tenants?format=ndjson",
+        "/api/v1/dead-letters?format=csv",
+    ] {
+        let (status, ctype, _) = raw(s, uri, ADMIN, None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert!(
+            ctype.starts_with("text/csv") || ctype == "application/x-ndjson",
+            "{uri}: {ctype}"
+        );
+    }
+}
+
+mod matrix;

@@ -362,6 +362,7 @@ async fn timeseries_counts_rows_and_compacted_counts(s: &dyn Store) {
         until: t0() + Duration::minutes(2),
         bucket: std::time::Duration::from_secs(60),
         by,
+        node_ids: None,
     };
     let points = s
         .timeseries(&q(TimeseriesBy::Label))
@@ -396,6 +397,32 @@ async fn timeseries_counts_rows_and_compacted_counts(s: &dyn Store) {
     assert!(cams.iter().any(|p| p.key == "north") && cams.iter().any(|p| p.key == "south"));
     let zones = s.timeseries(&q(TimeseriesBy::Zone)).await.expect("by zone");
     assert_eq!(zones.iter().map(|p| p.count).sum::<u64>(), total);
+    // Limited to some nodes (a tenant's), other nodes' rows are not counted.
+    let only = |nodes: Vec<String>| TimeseriesQuery {
+        node_ids: Some(nodes),
+        ..q(TimeseriesBy::Label)
+    };
+    let ts_only: u64 = s
+        .timeseries(&only(vec!["ts".into()]))
+        .await
+        .expect("one node")
+        .iter()
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(ts_only, 12, "node ts: its 12 rows");
+    let with_counts: u64 = s
+        .timeseries(&only(vec!["ts".into(), "c".into()]))
+        .await
+        .expect("two nodes")
+        .iter()
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(with_counts, 12 + 40, "and node c's compacted count");
+    assert!(s
+        .timeseries(&only(vec![]))
+        .await
+        .expect("no nodes")
+        .is_empty());
 }
 
 async fn retention_deletes_what_the_policy_no_longer_keeps(s: &dyn Store) {

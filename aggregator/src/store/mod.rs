@@ -187,6 +187,8 @@ pub struct TimeseriesQuery {
     pub until: DateTime<Utc>,
     pub bucket: std::time::Duration,
     pub by: TimeseriesBy,
+    /// Limits the counts to these nodes (a tenant's); `Some(empty)` counts nothing.
+    pub node_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

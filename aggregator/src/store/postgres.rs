@@ -1052,14 +1052,16 @@ impl Store for PgStore {
             "SELECT to_timestamp(floor(extract(epoch FROM t)::float8 / $3::float8) * $3::float8) AS bucket, k, SUM(n)::BIGINT
              FROM (
                 SELECT ts AS t, {key} AS k, 1 AS n FROM detections WHERE ts >= $1 AND ts < $2
+                    AND ($4::text[] IS NULL OR node_id = ANY($4))
                 UNION ALL
                 SELECT minute, {key}, count FROM detection_counts WHERE minute >= $1 AND minute < $2
+                    AND ($4::text[] IS NULL OR node_id = ANY($4))
              ) s GROUP BY 1, 2 ORDER BY 1, 2"
         );
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(&sql).await?;
         let rows = client
-            .query(&stmt, &[&q.since, &q.until, &bucket_s])
+            .query(&stmt, &[&q.since, &q.until, &bucket_s, &q.node_ids])
             .await?;
         Ok(rows
             .iter()

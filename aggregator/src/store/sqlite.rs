@@ -695,14 +695,28 @@ impl Store for SqliteStore {
         // detection_counts_by_time.
         let sql = format!(
             "SELECT (t / ?3) * ?3 AS bucket, k, SUM(n) FROM (
-                SELECT ts_ms AS t, {key} AS k, 1 AS n FROM detections WHERE ts_ms >= ?1 AND ts_ms < ?2
+                SELECT ts_ms AS t, {key} AS k, 1 AS n FROM detections WHERE ts_ms >= ?1 AND ts_ms < ?2{nodes}
                 UNION ALL
-                SELECT minute_ms, {key}, count FROM detection_counts WHERE minute_ms >= ?1 AND minute_ms < ?2
-             ) GROUP BY 1, 2 ORDER BY 1, 2"
+                SELECT minute_ms, {key}, count FROM detection_counts WHERE minute_ms >= ?1 AND minute_ms < ?2{nodes}
+             ) GROUP BY 1, 2 ORDER BY 1, 2",
+            nodes = if q.node_ids.is_some() {
+                " AND node_id IN (SELECT value FROM json_each(?4))"
+            } else {
+                ""
+            }
         );
+        let nodes = q
+            .node_ids
+            .as_ref()
+            .map(|n| serde_json::to_string(n).unwrap_or_else(|_| "[]".into()));
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![since, until, bucket_ms], |r| {
+            let mut args: Vec<rusqlite::types::Value> =
+                vec![since.into(), until.into(), bucket_ms.into()];
+            if let Some(n) = nodes {
+                args.push(n.into());
+            }
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                 Ok(TimeseriesPoint {
                     bucket: from_ms(r.get(0)?),
                     key: r.get(1)?,
