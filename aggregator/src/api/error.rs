@@ -79,3 +79,57 @@ impl IntoResponse for ApiError {
         (status, Json(body)).into_response()
     }
 }
+
+/// Gives axum's own rejections (a path id that is not a number, a malformed
+/// query string, a method the route does not have, a failed WebSocket
+/// upgrade) the same `{"error":{code,message}}` body as every other error.
+/// Handler errors are JSON already and pass through untouched.
+pub async fn json_errors(resp: Response) -> Response {
+    use axum::http::header;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    use ErrorCode as C;
+    let code = match status.as_u16() {
+        401 => C::Unauthorized,
+        403 => C::Forbidden,
+        404 => C::NotFound,
+        405 => C::MethodNotAllowed,
+        409 => C::Conflict,
+        413 => C::TooLarge,
+        415 => C::UnsupportedMediaType,
+        422 => C::Unprocessable,
+        429 => C::RateLimited,
+        503 => C::Unavailable,
+        s if s < 500 => C::BadRequest,
+        _ => C::Internal,
+    };
+    let mut out = (
+        status,
+        Json(ErrorBody {
+            error: ErrorDetail { code, message },
+        }),
+    )
+        .into_response();
+    // A 405 says which methods the route has.
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}

@@ -137,6 +137,7 @@ pub fn router(state: AppState) -> Router {
     let (api, _doc) = api_routes().into_parts();
     let api = api
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

@@ -206,6 +206,38 @@ async fn bad_parameters_get_json_errors() {
         .as_str()
         .expect("msg")
         .contains("ghost"));
+    // axum's own rejections speak the same error format.
+    for (method, uri, want, code) in [
+        (
+            "GET",
+            "/api/v1/incidents/abc",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/audit?limit=many",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        ("GET", "/api/v1/ws", StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "DELETE",
+            "/api/v1/detections",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ] {
+        let (status, body) = send(&f.state, method, uri, Some(ADMIN), None).await;
+        assert_eq!(status, want, "{method} {uri}: {body}");
+        assert_eq!(body["error"]["code"], code, "{method} {uri}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{method} {uri}: {body}"
+        );
+    }
 }
 
 fn status_event(node: &str) -> LiveEvent {
