@@ -26,6 +26,33 @@ impl From<AccountError> for ApiError {
     }
 }
 
+/// Rewrites `X-Forwarded-For` to the client's address as the aggregator
+/// resolved it (see [`super::incidents::ClientAddr`]: the socket's peer, or
+/// what a reverse proxy on this host says) and drops `X-Real-IP`, so the
+/// audit log's "from where" cannot be made up by the client.
+pub async fn resolve_client_addr(mut req: axum::extract::Request) -> axum::extract::Request {
+    let socket = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let via_local_proxy = socket.is_none_or(|ip| ip.is_loopback());
+    let addr = via_local_proxy
+        .then(|| remote_addr(req.headers()))
+        .flatten()
+        .or(socket.map(|ip| ip.to_string()));
+    let headers = req.headers_mut();
+    headers.remove("x-real-ip");
+    match addr.and_then(|a| axum::http::HeaderValue::from_str(&a).ok()) {
+        Some(v) => {
+            headers.insert("x-forwarded-for", v);
+        }
+        None => {
+            headers.remove("x-forwarded-for");
+        }
+    }
+    req
+}
+
 /// The client's address as the reverse proxy (or the socket) reports it.
 pub fn remote_addr(headers: &HeaderMap) -> Option<String> {
     headers

@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
     let api = api
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::middleware::map_request(admin::resolve_client_addr))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

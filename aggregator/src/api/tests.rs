@@ -1283,6 +1283,28 @@ async fn sign_ins_and_reports_are_rate_limited_per_address_not_per_header() {
         StatusCode::TOO_MANY_REQUESTS,
         "the 21st report from one address"
     );
+
+    // The audit log records where a change came from, not where the client says it did.
+    let mut req = Request::post("/api/v1/tenants")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("x-forwarded-for", "1.2.3.4")
+        .header("x-real-ip", "5.6.7.8")
+        .body(Body::from(
+            serde_json::json!({"name": "from-afar"}).to_string(),
+        ))
+        .expect("req");
+    req.extensions_mut().insert(axum::extract::ConnectInfo(
+        "198.51.100.12:6000"
+            .parse::<std::net::SocketAddr>()
+            .expect("peer"),
+    ));
+    let resp = router(s.clone()).oneshot(req).await.expect("resp");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (_, audit) = get(s, "/api/v1/audit", None).await;
+    let entry = &audit["items"][0];
+    assert_eq!(entry["action"], "tenant.create", "{audit}");
+    assert_eq!(entry["remote_addr"], "198.51.100.12");
 }
 
 #[tokio::test]
