@@ -1740,3 +1740,42 @@ async fn lists_export_as_csv_and_ndjson_streaming_every_page_within_scope() {
 }
 
 mod matrix;
+
+/// Export throughput against paging through JSON (run with `--ignored --nocapture`;
+/// numbers in docs/PERFORMANCE.md).
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn measure_csv_export_against_json_paging() {
+    let f = fixture();
+    let s = &f.state;
+    seed(s, 100, 1000).await;
+    let t = std::time::Instant::now();
+    let (status, _, text) = raw(s, "/api/v1/detections?format=csv", ADMIN, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let csv = t.elapsed();
+    let rows = text.lines().count() - 1;
+    let t = std::time::Instant::now();
+    let (mut cursor, mut seen) = (None::<String>, 0usize);
+    loop {
+        let uri = match &cursor {
+            Some(c) => format!("/api/v1/detections?limit=1000&cursor={c}"),
+            None => "/api/v1/detections?limit=1000".into(),
+        };
+        let (_, page) = get(s, &uri, None).await;
+        seen += page["items"].as_array().map_or(0, Vec::len);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let json = t.elapsed();
+    assert_eq!(rows, seen);
+    println!(
+        "{rows} detections: CSV export {:.2} s ({:.0} rows/s, {} bytes); JSON pages of 1000 {:.2} s ({:.0} rows/s)",
+        csv.as_secs_f64(),
+        rows as f64 / csv.as_secs_f64(),
+        text.len(),
+        json.as_secs_f64(),
+        seen as f64 / json.as_secs_f64()
+    );
+}
