@@ -175,7 +175,10 @@ fn render<T: Serialize>(format: Format, columns: &[Column], rows: &[T]) -> Strin
 }
 
 /// The text of one CSV cell: strings as they are, numbers and booleans
-/// printed, null empty, arrays and objects as compact JSON.
+/// printed, null empty, arrays and objects as compact JSON. A string that a
+/// spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR first:
+/// free text such as comments and tenant names reaches these files) gets a
+/// leading `'`, which spreadsheets show as text; numbers are never changed.
 fn cell(row: &Value, path: &str) -> String {
     let mut v = row;
     for key in path.split('.') {
@@ -186,6 +189,7 @@ fn cell(row: &Value, path: &str) -> String {
     }
     match v {
         Value::Null => String::new(),
+        Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{s}"),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
@@ -233,5 +237,14 @@ mod tests {
         assert_eq!(cell(&row, "missing"), "");
         assert_eq!(cell(&row, "t"), "true");
         assert_eq!(cell(&row, "o"), "{\"a\":1}");
+    }
+
+    #[test]
+    fn formulas_are_defused_but_numbers_are_not() {
+        let row = serde_json::json!({"c": "=HYPERLINK(\"http://x\")", "d": "@SUM(A1)", "n": -1.5, "s": "a=b"});
+        assert_eq!(cell(&row, "c"), "'=HYPERLINK(\"http://x\")");
+        assert_eq!(cell(&row, "d"), "'@SUM(A1)");
+        assert_eq!(cell(&row, "n"), "-1.5");
+        assert_eq!(cell(&row, "s"), "a=b");
     }
 }
