@@ -170,6 +170,10 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
         created_by: &str,
     ) -> AccountResult<ApiKey>;
     async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>>;
+    /// API keys of a tenant, or all (`None`), newest first.
+    async fn api_keys(&self, tenant_id: Option<i64>) -> StoreResult<Vec<ApiKey>>;
+    /// Deletes an API key (it stops working at once); returns what it was.
+    async fn delete_api_key(&self, id: i64) -> StoreResult<Option<ApiKey>>;
 
     async fn audit(&self, record: AuditRecord) -> StoreResult<()>;
     async fn audit_log(

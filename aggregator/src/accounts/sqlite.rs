@@ -309,6 +309,30 @@ impl AccountStore for SqliteAccounts {
         .await
     }
 
+    async fn api_keys(&self, tenant_id: Option<i64>) -> StoreResult<Vec<ApiKey>> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT * FROM api_keys WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id DESC",
+            )?;
+            let rows = stmt.query_map([tenant_id], key_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn delete_api_key(&self, id: i64) -> StoreResult<Option<ApiKey>> {
+        self.with(move |c| {
+            // One statement: what it deletes is what it returns.
+            Ok(c.query_row(
+                "DELETE FROM api_keys WHERE id = ?1 RETURNING *",
+                [id],
+                key_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     async fn audit(&self, r: AuditRecord) -> StoreResult<()> {
         self.with(move |c| {
             c.execute(

@@ -339,6 +339,70 @@ pub async fn create_api_key(
     ))
 }
 
+/// API keys of the caller's tenant, or all for a global admin (never the key itself).
+#[utoipa::path(get, path = "/api-keys", tag = "accounts", operation_id = "list_api_keys",
+    security(("jwt" = ["admin"])),
+    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
+        content((Items<ApiKey> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    ListFormat(format): ListFormat,
+) -> Result<Response, ApiError> {
+    let items = state.accounts.api_keys(who.scope()).await?;
+    Ok(respond_all(
+        format,
+        &[
+            ("id", "id"),
+            ("name", "name"),
+            ("role", "role"),
+            ("tenant_id", "tenant_id"),
+            ("created_by", "created_by"),
+            ("created_at", "created_at"),
+        ],
+        items,
+    ))
+}
+
+/// Revokes an API key at once (admin; another tenant's is a 404). Audited.
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "accounts", operation_id = "revoke_api_key",
+    security(("jwt" = ["admin"])), params(("id" = i64, Path, description = "API key id")),
+    responses((status = 204, description = "revoked"),
+        (status = 404, description = "no such key, or another tenant's", body = super::openapi::ErrorBody)))]
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no API key {id}"));
+    let visible = state
+        .accounts
+        .api_keys(who.scope())
+        .await?
+        .into_iter()
+        .any(|k| k.id == id);
+    if !visible {
+        return Err(not_found());
+    }
+    let before = state
+        .accounts
+        .delete_api_key(id)
+        .await?
+        .ok_or_else(not_found)?;
+    audit(
+        &state,
+        &who,
+        &headers,
+        "api_key.revoke",
+        format!("api_key:{id}"),
+        serde_json::to_value(&before).ok(),
+        None,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Provision {

@@ -505,6 +505,12 @@ async fn api_keys_and_bad_request_bodies() {
     assert_eq!(status, StatusCode::CREATED, "{key}");
     let k = key["key"].as_str().expect("key").to_owned();
     assert!(k.starts_with("eqk_"));
+    let (_, keys) = get(s, "/api/v1/api-keys", None).await;
+    assert_eq!(keys["items"][0]["id"], key["id"]);
+    assert!(
+        keys["items"][0].get("key").is_none(),
+        "the key is shown once, at creation"
+    );
     assert_eq!(
         get(s, "/api/v1/stats/summary", Some(&k)).await.0,
         StatusCode::OK
@@ -513,6 +519,22 @@ async fn api_keys_and_bad_request_bodies() {
         get(s, "/api/v1/stats/summary", Some("eqk_0000")).await.0,
         StatusCode::UNAUTHORIZED
     );
+    // Revoked, the key stops working at once; the revocation is audited.
+    let uri = format!("/api/v1/api-keys/{}", key["id"]);
+    assert_eq!(
+        send(s, "DELETE", &uri, Some(ADMIN), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get(s, "/api/v1/stats/summary", Some(&k)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(s, "DELETE", &uri, Some(ADMIN), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, audit) = get(s, "/api/v1/audit", None).await;
+    assert_eq!(audit["items"][0]["action"], "api_key.revoke");
 
     // Wrong content type, broken JSON, unknown fields, huge body: error objects.
     let req = Request::post("/api/v1/users")

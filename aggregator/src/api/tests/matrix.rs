@@ -108,10 +108,19 @@ struct World {
     incident_a: i64,
     /// One alert rule of tenant A per caller, so each may delete one.
     rules_a: Vec<(Who, i64)>,
+    /// One API key of tenant A per caller, so each may revoke one.
+    keys_a: Vec<(Who, i64)>,
     tokens: Vec<(Who, String)>,
 }
 
 impl World {
+    fn key(&self, who: Who) -> i64 {
+        self.keys_a
+            .iter()
+            .find(|(w, _)| *w == who)
+            .map_or(0, |r| r.1)
+    }
+
     fn rule(&self, who: Who) -> i64 {
         self.rules_a
             .iter()
@@ -212,6 +221,18 @@ fn rows() -> Vec<Row> {
         Row {
             role: "admin",
             ..row("GET", "/api/v1/audit", |_, _| "/api/v1/audit".into())
+        },
+        Row {
+            role: "admin",
+            ..row("GET", "/api/v1/api-keys", |_, _| "/api/v1/api-keys".into())
+        },
+        Row {
+            role: "admin",
+            ok: 204,
+            other: Other::Hidden,
+            ..row("DELETE", "/api/v1/api-keys/{id}", |w, who| {
+                format!("/api/v1/api-keys/{}", w.key(who))
+            })
         },
         row("GET", "/api/v1/nodes", |_, _| "/api/v1/nodes".into()),
         Row {
@@ -625,9 +646,23 @@ async fn world(base: &AppState) -> (AppState, World) {
         assert_eq!(status, StatusCode::CREATED, "{rule}");
         rules_a.push((who, rule["id"].as_i64().expect("rule id")));
     }
+    let mut keys_a = Vec::new();
+    for who in EVERYONE {
+        let (status, key) = send(
+            s,
+            "POST",
+            "/api/v1/api-keys",
+            Some(ADMIN),
+            Some(serde_json::json!({"name": "key-tenant-a", "role": "viewer", "tenant_id": ta})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        keys_a.push((who, key["id"].as_i64().expect("key id")));
+    }
     let w = World {
         tenant_a: ta,
         rules_a,
+        keys_a,
         user_a,
         detection_a: stored.detection_ids[0],
         report_a: report["id"].as_str().expect("report id").to_owned(),
