@@ -38,7 +38,7 @@ ensure_rust() {
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
   fi
   if ! command -v cargo >/dev/null 2>&1; then
-    echo "error: cargo not found. Install Rust 1.85 or newer (https://rustup.rs), then run this again." >&2
+    echo "error: cargo not found. Install Rust 1.89 or newer (https://rustup.rs), then run this again." >&2
     exit 1
   fi
 }
