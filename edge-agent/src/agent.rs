@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use edgeqi_shared::protocol::{decode, DEFAULT_MAX_PAYLOAD_BYTES};
-use edgeqi_shared::protocol::{EventBatch, LineCount, TrackEvent};
+use edgeqi_shared::protocol::{EventBatch, LineCount, Snapshot, TrackEvent};
 use edgeqi_shared::{Ack, Detection, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio::time::{interval, sleep_until, MissedTickBehavior};
@@ -25,7 +25,7 @@ use crate::delivery::{AckResult, Delivery};
 use crate::heartbeat::{AgentState, SystemProbe};
 use crate::outbox::{Appended, Outbox, OutboxError};
 use crate::pipeline::{Analytics, Pipelines};
-use crate::uplink::{Uplink, UplinkEvent};
+use crate::uplink::{Session, Uplink, UplinkEvent};
 use crate::{detect, systemd};
 
 /// How long shutdown waits for pending batches to be acknowledged.
@@ -210,7 +210,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     crate::uplink::install_crypto_provider();
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
-    let (uplink, uplink_task) = Uplink::connect(&config, ev_tx)?;
+    let (uplink, uplink_task) = Uplink::connect(&config, Session::Daemon, ev_tx)?;
     let delivery = Delivery::new(
         &config.node_id,
         &outbox,
@@ -352,4 +352,155 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     tracing::info!(backlog, "stopped");
     Ok(())
+}
+
+/// A recording's results, as `edgeqi-agent process` hands them over.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub detections: Vec<Detection>,
+    pub events: Vec<TrackEvent>,
+    pub line_counts: Vec<LineCount>,
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// What [`deliver_recording`] sent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivered {
+    pub broker: String,
+    /// The outbox the detections went through.
+    pub outbox: String,
+    pub epoch: String,
+    pub detections: u64,
+    pub events: u64,
+    pub snapshots: u64,
+    /// Batches not acknowledged when the wait ended; they stay in the outbox
+    /// and go out with the next `process` run. 0: the aggregator has stored
+    /// every detection.
+    pub unacked_batches: u64,
+}
+
+/// Name of the outbox `process` uses, beside the daemon's in `data_dir`:
+/// its own ledger (own epoch), so a run never mixes its batches into the
+/// sequence of a daemon that may be running at the same time.
+pub const RECORDING_OUTBOX: &str = "process-outbox.db";
+
+/// Sends a recording's results the way the daemon sends a camera's:
+/// detections in batches through an outbox with the delivery window and the
+/// aggregator's acks (so they are stored exactly once, and a run cut short
+/// resumes with the next one), then events, line counts and snapshots on
+/// their topics. Waits up to `timeout` for the broker and the acks.
+pub async fn deliver_recording(
+    config: &AgentConfig,
+    recording: Recording,
+    timeout: Duration,
+) -> anyhow::Result<Delivered> {
+    let path = config.data_dir.join(RECORDING_OUTBOX);
+    let outbox = Outbox::open(&path, config.outbox.max_bytes)?;
+    crate::uplink::install_crypto_provider();
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let (uplink, uplink_task) = Uplink::connect(config, Session::Recording, ev_tx)?;
+    let delivery = Delivery::new(
+        &config.node_id,
+        &outbox,
+        config.outbox.max_inflight,
+        config.outbox.ack_timeout,
+    )?;
+    let mut agent = Agent {
+        config: config.clone(),
+        outbox,
+        delivery,
+        uplink,
+        batcher: Batcher::new(
+            config.outbox.batch_max_detections,
+            config.outbox.batch_max_age,
+        ),
+    };
+    let mut sent = Delivered {
+        broker: config.mqtt.url.to_string(),
+        outbox: path.display().to_string(),
+        epoch: agent.outbox.epoch().to_owned(),
+        detections: recording.detections.len() as u64,
+        events: recording.events.len() as u64,
+        snapshots: recording.snapshots.len() as u64,
+        unacked_batches: 0,
+    };
+    // Into the outbox first: from here on nothing is lost, whatever the broker does.
+    for chunk in recording
+        .detections
+        .chunks(config.outbox.batch_max_detections.max(1))
+    {
+        agent.store(chunk.to_vec());
+    }
+    let mut analytics = Some((recording.events, recording.line_counts, recording.snapshots));
+    let until = tokio::time::Instant::now() + timeout;
+    let mut tick = interval(DELIVERY_TICK);
+    loop {
+        let connected = agent.delivery.is_connected();
+        if connected {
+            if let Some((events, mut line_counts, snapshots)) = analytics.take() {
+                for chunk in events.chunks(EVENT_BATCH_MAX) {
+                    agent.uplink.publish_events(&EventBatch {
+                        v: PROTOCOL_VERSION,
+                        node_id: config.node_id.clone(),
+                        sent_at: chrono::Utc::now(),
+                        events: chunk.to_vec(),
+                        line_counts: std::mem::take(&mut line_counts),
+                    });
+                }
+                if !line_counts.is_empty() {
+                    // No events at all: the counts still go.
+                    agent.uplink.publish_events(&EventBatch {
+                        v: PROTOCOL_VERSION,
+                        node_id: config.node_id.clone(),
+                        sent_at: chrono::Utc::now(),
+                        events: vec![],
+                        line_counts,
+                    });
+                }
+                for s in &snapshots {
+                    agent.uplink.publish_snapshot(s);
+                }
+            }
+            if agent.outbox.backlog()? == 0 {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            ev = ev_rx.recv() => match ev {
+                Some(ev) => agent.handle(ev),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let r = agent.delivery.on_tick(&agent.outbox, &mut agent.uplink, Instant::now());
+                report(r);
+            }
+        }
+    }
+    sent.unacked_batches = agent.outbox.backlog()?;
+    let reached = analytics.is_none();
+    agent.uplink.disconnect();
+    let mut task = uplink_task;
+    let give_up = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(give_up);
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            _ = &mut task => break,
+            _ = &mut give_up => {
+                task.abort();
+                break;
+            }
+            ev = ev_rx.recv(), if events_open => events_open = ev.is_some(),
+        }
+    }
+    if !reached {
+        anyhow::bail!(
+            "could not reach the MQTT broker at {} within {timeout:?}; the {} detections wait in {} for the next run",
+            sent.broker,
+            sent.detections,
+            sent.outbox
+        );
+    }
+    Ok(sent)
 }

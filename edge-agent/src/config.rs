@@ -201,6 +201,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
     pub url: BrokerUrl,
+    /// Whether the URL was given (file, flag or environment) rather than
+    /// defaulted: `edgeqi-agent process` sends its results only then.
+    pub url_given: bool,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub keep_alive: Duration,
@@ -556,6 +559,11 @@ impl AgentConfig {
             Value::Float(f64::from(g.background_rate)),
         );
         gate.insert("refresh_interval".into(), dur(g.refresh_interval));
+        gate.insert("camera_motion".into(), Value::Boolean(g.camera_motion));
+        gate.insert(
+            "pan_new_area".into(),
+            Value::Float(f64::from(g.pan_new_area)),
+        );
         root.insert("motion_gate".into(), Value::Table(gate));
 
         let t = &self.tracker;
@@ -704,6 +712,7 @@ fn read_mqtt(doc: &mut ConfigDoc, o: &Overrides) -> MqttConfig {
             .map_err(|e| doc.problem("mqtt.url", e))
             .ok()
     });
+    let url_given = o.mqtt_url.is_some() || file_url.is_some();
     let url = match &o.mqtt_url {
         Some(u) => BrokerUrl::parse(u).unwrap_or_else(|e| {
             doc.problem(FLAG_MQTT_URL, e);
@@ -738,6 +747,7 @@ fn read_mqtt(doc: &mut ConfigDoc, o: &Overrides) -> MqttConfig {
         .map_or_else(default_reconnect_max, |d| d.0);
     MqttConfig {
         url,
+        url_given,
         username,
         password,
         keep_alive,
@@ -830,6 +840,12 @@ fn read_motion_gate(doc: &mut ConfigDoc) -> MotionGateConfig {
         refresh_interval: doc
             .get_checked::<HumanDuration>("motion_gate.refresh_interval", positive_duration)
             .map_or(d.refresh_interval, |v| v.0),
+        camera_motion: doc
+            .get::<bool>("motion_gate.camera_motion")
+            .unwrap_or(d.camera_motion),
+        pan_new_area: doc
+            .get_checked::<f32>("motion_gate.pan_new_area", check_range(0.0, 1.0, ""))
+            .unwrap_or(d.pan_new_area),
     }
 }
 
@@ -1207,6 +1223,14 @@ mod tests {
         AgentConfig::from_doc(doc, o)
     }
 
+    /// The effective config read back as a file: equal to the original,
+    /// except that its broker URL is now written down (`url_given`).
+    fn read_back(mut back: AgentConfig, original: &AgentConfig) -> AgentConfig {
+        assert!(back.mqtt.url_given, "the printed config names its broker");
+        back.mqtt.url_given = original.mqtt.url_given;
+        back
+    }
+
     fn keys(err: &ConfigErrors) -> Vec<&str> {
         err.problems.iter().map(|p| p.key.as_str()).collect()
     }
@@ -1217,6 +1241,7 @@ mod tests {
         assert!(is_valid_node_id(&c.node_id), "{}", c.node_id);
         assert_eq!(c.data_dir, PathBuf::from("./data/agent"));
         assert_eq!(c.mqtt.url.to_string(), "mqtt://127.0.0.1:1883");
+        assert!(!c.mqtt.url_given, "the default is not a configured broker");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.mqtt.keep_alive, Duration::from_secs(15));
         assert_eq!(c.mqtt.max_packet_size, 1 << 20);
@@ -1303,6 +1328,13 @@ uri = "synthetic://"
         assert_eq!(c.node_id, "from-flag");
         assert_eq!(c.mqtt.url.scheme, MqttScheme::Mqtts);
         assert_eq!(c.mqtt.url.host, "broker.example");
+        assert!(c.mqtt.url_given);
+        let from_file = parse(
+            "[mqtt]\nurl = \"mqtt://file:1883\"\n",
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert!(from_file.mqtt.url_given, "a URL in the file counts too");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         let ids: Vec<&str> = c.cameras.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["cam0", "gate"]);
@@ -1387,7 +1419,7 @@ masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]]
             &Overrides::default(),
         )
         .expect("reads back");
-        assert_eq!(back, c);
+        assert_eq!(read_back(back, &c), c);
 
         let err = parse(
             r#"
@@ -1453,7 +1485,7 @@ lines = [{ id = "l", from = [0.5, 0.5], to = [0.5, 0.5] }]
         .expect("valid");
         let text = toml::to_string(&c.to_toml_table()).expect("toml");
         let back = parse(&text, &Overrides::default()).expect("effective config is valid input");
-        assert_eq!(back, c);
+        assert_eq!(read_back(back, &c), c);
     }
 
     #[test]

@@ -58,7 +58,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the camera pipeline over a recording and print what it found.
+    /// Run the camera pipeline over a recording, print what it found and
+    /// send it to the aggregator when a broker is configured (--mqtt-url, mqtt.url).
     Process(ProcessArgs),
     /// Import or download detector models.
     Model(model_cli::ModelArgs),
@@ -81,6 +82,12 @@ struct ProcessArgs {
     /// Inferences per second of video [default: the camera's detect_fps, else every frame].
     #[arg(long, value_name = "FPS")]
     detect_fps: Option<f64>,
+    /// Do not send the results even though a broker is configured.
+    #[arg(long)]
+    no_send: bool,
+    /// How long to wait for the broker and the aggregator's acks when sending.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    send_timeout: u64,
 }
 
 /// Every flag also has an environment variable and a config-file key.
@@ -221,24 +228,57 @@ fn main() -> ExitCode {
 
 fn run_process(config: &AgentConfig, args: &ProcessArgs) -> ExitCode {
     init_logging(config.log_format);
-    match process_cli::process(config, &args.file, args.camera.as_deref(), args.detect_fps) {
-        Ok(report) => {
-            if args.json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("error: cannot print the results: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                process_cli::print_summary(&report);
+    let mut report =
+        match process_cli::process(config, &args.file, args.camera.as_deref(), args.detect_fps) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
             }
-            ExitCode::SUCCESS
+        };
+    // Sent before printing, so the printed report says what was delivered.
+    let mut send_error = None;
+    if config.mqtt.url_given && !args.no_send {
+        let timeout = std::time::Duration::from_secs(args.send_timeout);
+        let sent = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(agent::deliver_recording(
+                    config,
+                    report.recording(),
+                    timeout,
+                ))
+            });
+        match sent {
+            Ok(s) if s.unacked_batches > 0 => {
+                send_error = Some(format!(
+                    "{} batches were not acknowledged within {timeout:?}; they wait in {} for the next run",
+                    s.unacked_batches, s.outbox
+                ));
+                report.sent = Some(s);
+            }
+            Ok(s) => report.sent = Some(s),
+            Err(e) => send_error = Some(format!("{e:#}")),
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot print the results: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        process_cli::print_summary(&report);
+    }
+    match send_error {
+        Some(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+        None => ExitCode::SUCCESS,
     }
 }

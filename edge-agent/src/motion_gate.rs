@@ -8,6 +8,16 @@
 //! `refresh_interval` so their tracks are refreshed and do not expire.
 //! Masks (normalised polygons) exclude areas such as swaying trees or a
 //! clock from the comparison.
+//!
+//! Camera motion: when the picture changed but the whole of it moved as one
+//! (a PTZ camera panning or tilting), the gate measures the shift against
+//! the previous frame at full resolution. If shifting explains every pixel,
+//! nothing moved in the scene: the frame is skipped like a still one, the
+//! caller moves its tracks by the shift, and the background restarts from
+//! the new view. Newly exposed picture may hold new objects, so once the
+//! pan has uncovered `pan_new_area` of the view since the last inference,
+//! the detector runs again. Zooms, rotations and anything moving inside the
+//! picture are not explained by a shift and are inferred as usual.
 
 use std::time::Duration;
 
@@ -24,6 +34,10 @@ pub struct MotionGateConfig {
     /// Weight of a new frame in the background model.
     pub background_rate: f32,
     pub refresh_interval: Duration,
+    /// Recognise camera pans (see the module doc).
+    pub camera_motion: bool,
+    /// Fraction of the view a pan may uncover before the detector runs again.
+    pub pan_new_area: f32,
 }
 
 pub const fn default_gate_enabled() -> bool {
@@ -44,6 +58,20 @@ pub const fn default_gate_background_rate() -> f32 {
 pub const fn default_gate_refresh_interval() -> Duration {
     Duration::from_secs(1)
 }
+pub const fn default_gate_camera_motion() -> bool {
+    true
+}
+pub const fn default_gate_pan_new_area() -> f32 {
+    0.1
+}
+
+/// Largest pan searched between two sampled frames, in analysis pixels
+/// (each side): 8 of 160 is 5% of the width.
+const MAX_PAN_CELLS: i32 = 8;
+
+/// A pan must change the picture in this many of the 4 × 4 blocks.
+const PAN_BLOCKS: usize = 4;
+const PAN_MIN_BLOCKS: usize = 12;
 
 impl Default for MotionGateConfig {
     fn default() -> Self {
@@ -54,6 +82,8 @@ impl Default for MotionGateConfig {
             min_changed_fraction: default_gate_min_changed_fraction(),
             background_rate: default_gate_background_rate(),
             refresh_interval: default_gate_refresh_interval(),
+            camera_motion: default_gate_camera_motion(),
+            pan_new_area: default_gate_pan_new_area(),
         }
     }
 }
@@ -65,6 +95,10 @@ pub struct GateVerdict {
     pub infer: bool,
     /// Fraction of unmasked analysis pixels that changed.
     pub changed: f32,
+    /// The camera moved the picture by this many source pixels (x, y) since
+    /// the previous frame, and nothing moved within it: tracked boxes move
+    /// along.
+    pub camera_shift: Option<(f32, f32)>,
 }
 
 /// See the module doc.
@@ -74,9 +108,16 @@ pub struct MotionGate {
     masks: Vec<Vec<Point>>,
     /// Analysis size the background and `ignore` were built for.
     size: (usize, usize),
+    /// Source frame size of the previous frame.
+    frame_size: (usize, usize),
     background: Vec<f32>,
     /// True where a mask hides the pixel.
     ignore: Vec<bool>,
+    /// The previous frame: at analysis size, and its RGB (camera motion only).
+    prev_small: Vec<u8>,
+    prev_rgb: Vec<u8>,
+    /// Fraction of the view uncovered by pans since the last inference.
+    uncovered: f32,
     /// Media time of the last inference, for the refresh rule.
     last_infer: Option<Duration>,
 }
@@ -87,8 +128,12 @@ impl MotionGate {
             config,
             masks,
             size: (0, 0),
+            frame_size: (0, 0),
             background: Vec::new(),
             ignore: Vec::new(),
+            prev_small: Vec::new(),
+            prev_rgb: Vec::new(),
+            uncovered: 0.0,
             last_infer: None,
         }
     }
@@ -96,8 +141,10 @@ impl MotionGate {
     /// Decides for `frame` at stream time `now`; `tracking` says whether
     /// objects are being tracked (they get refreshed even when still).
     pub fn check(&mut self, frame: &Frame, now: Duration, tracking: bool) -> GateVerdict {
-        let changed = self.changed_fraction(frame);
-        let mut infer = !self.config.enabled || changed >= self.config.min_changed_fraction;
+        let (changed, camera_shift) = self.analyse(frame);
+        let still = changed < self.config.min_changed_fraction || camera_shift.is_some();
+        let mut infer =
+            !self.config.enabled || !still || self.uncovered >= self.config.pan_new_area;
         if !infer && tracking {
             infer = self
                 .last_infer
@@ -105,20 +152,30 @@ impl MotionGate {
         }
         if infer {
             self.last_infer = Some(now);
+            self.uncovered = 0.0;
         }
-        GateVerdict { infer, changed }
+        GateVerdict {
+            infer,
+            changed,
+            camera_shift,
+        }
     }
 
-    fn changed_fraction(&mut self, frame: &Frame) -> f32 {
+    /// The changed fraction against the background, and the camera's shift
+    /// when a pan explains the change.
+    fn analyse(&mut self, frame: &Frame) -> (f32, Option<(f32, f32)>) {
         let (fw, fh) = (frame.width as usize, frame.height as usize);
         if fw == 0 || fh == 0 || frame.rgb.len() < fw * fh * 3 {
-            return 1.0; // let the detector report the bad frame
+            return (1.0, None); // let the detector report the bad frame
         }
         let w = (self.config.analysis_width as usize).clamp(8, fw);
         let h = (fh * w / fw).max(1);
-        if self.size != (w, h) {
+        if self.size != (w, h) || self.frame_size != (fw, fh) {
             self.size = (w, h);
+            self.frame_size = (fw, fh);
             self.background.clear();
+            self.prev_small.clear();
+            self.prev_rgb.clear();
             self.ignore = (0..w * h)
                 .map(|i| {
                     let p = [
@@ -129,15 +186,45 @@ impl MotionGate {
                 })
                 .collect();
         }
-        let grey = downscale_grey(frame, w, h);
-        if self.background.is_empty() {
+        let grid = Grid::new(fw, fh, w, h);
+        let grey = grid.sample(frame);
+        let mut shift = None;
+        let changed = if self.background.is_empty() {
             self.background = grey.iter().map(|&g| f32::from(g)).collect();
-            return 1.0; // first frame: everything is new
+            1.0 // first frame: everything is new
+        } else {
+            let changed = self.update_background(&grey);
+            if changed >= self.config.min_changed_fraction && !self.prev_rgb.is_empty() {
+                shift = self.camera_pan(&grid, &grey);
+                if let Some((dx, dy)) = shift {
+                    // The old background no longer lines up with the view.
+                    self.background = grey.iter().map(|&g| f32::from(g)).collect();
+                    let (ux, uy) = (
+                        dx.unsigned_abs() as f32 / fw as f32,
+                        dy.unsigned_abs() as f32 / fh as f32,
+                    );
+                    self.uncovered += ux + uy - ux * uy;
+                }
+            }
+            changed
+        };
+        self.prev_small = grey;
+        if self.config.camera_motion && self.config.enabled {
+            // A copy, not a greyscale conversion: only the pixels a pan
+            // search looks at are ever converted.
+            self.prev_rgb.clear();
+            self.prev_rgb.extend_from_slice(&frame.rgb[..fw * fh * 3]);
         }
+        (changed, shift.map(|(dx, dy)| (dx as f32, dy as f32)))
+    }
+
+    /// Compares `grey` with the background and blends it in; returns the
+    /// changed fraction of unmasked pixels.
+    fn update_background(&mut self, grey: &[u8]) -> f32 {
         let threshold = f32::from(self.config.pixel_threshold);
         let rate = self.config.background_rate;
         let (mut changed, mut counted) = (0usize, 0usize);
-        for ((bg, &g), &ignored) in self.background.iter_mut().zip(&grey).zip(&self.ignore) {
+        for ((bg, &g), &ignored) in self.background.iter_mut().zip(grey).zip(&self.ignore) {
             let g = f32::from(g);
             if !ignored {
                 counted += 1;
@@ -153,26 +240,171 @@ impl MotionGate {
             changed as f32 / counted as f32
         }
     }
+
+    /// The camera's shift (source pixels) since the previous frame when
+    /// moving the previous frame by it explains (nearly) every unmasked
+    /// analysis pixel of this one; `None` for still frames and real motion.
+    /// Coarse to fine: whole analysis cells first, then every source pixel
+    /// around the best cell.
+    fn camera_pan(&self, grid: &Grid, grey: &[u8]) -> Option<(i32, i32)> {
+        let limit = self.config.min_changed_fraction;
+        // A pan changes the picture everywhere there is texture; one object
+        // moving over a plain background would otherwise look like a pan.
+        if !self.changed_all_over(grid, grey) {
+            return None;
+        }
+        let (w, h) = (grid.w as i32, grid.h as i32);
+        if w < 4 * MAX_PAN_CELLS || h < 4 * MAX_PAN_CELLS {
+            return None; // too small a picture to tell a pan from motion
+        }
+        // Every candidate sums over the same pixels, so raw sums compare, and
+        // a candidate stops as soon as it is worse than the best so far.
+        let mut best = (u64::MAX, 0i32, 0i32);
+        for cy in -MAX_PAN_CELLS..=MAX_PAN_CELLS {
+            for cx in -MAX_PAN_CELLS..=MAX_PAN_CELLS {
+                let mut sad = 0u64;
+                'rows: for y in (MAX_PAN_CELLS..h - MAX_PAN_CELLS).step_by(2) {
+                    for x in (MAX_PAN_CELLS..w - MAX_PAN_CELLS).step_by(2) {
+                        let now = grey[(y * w + x) as usize];
+                        let before = self.prev_small[((y - cy) * w + (x - cx)) as usize];
+                        sad += u64::from(now.abs_diff(before));
+                    }
+                    if sad >= best.0 {
+                        break 'rows;
+                    }
+                }
+                if sad < best.0 {
+                    best = (sad, cx, cy);
+                }
+            }
+        }
+        // Refine to source pixels: one cell either side of the best cell.
+        let (sx, sy) = (
+            grid.fw as f32 / grid.w as f32,
+            grid.fh as f32 / grid.h as f32,
+        );
+        let (rx, ry) = (sx.ceil() as i32 + 1, sy.ceil() as i32 + 1);
+        let (bx, by) = (
+            (best.1 as f32 * sx).round() as i32,
+            (best.2 as f32 * sy).round() as i32,
+        );
+        let mut found: Option<(f32, i32, i32)> = None;
+        for dy in by - ry..=by + ry {
+            for dx in bx - rx..=bx + rx {
+                if dx == 0 && dy == 0 {
+                    continue; // not a pan
+                }
+                if let Some(f) = self.shifted_change(grid, grey, dx, dy) {
+                    if found.is_none_or(|(b, _, _)| f < b) {
+                        found = Some((f, dx, dy));
+                    }
+                }
+            }
+        }
+        found
+            .filter(|(f, _, _)| *f < limit)
+            .map(|(_, dx, dy)| (dx, dy))
+    }
+
+    /// Whether the picture changed since the previous frame in at least
+    /// [`PAN_MIN_BLOCKS`] of [`PAN_BLOCKS`]² blocks (each with at least 1% of
+    /// its pixels changed).
+    fn changed_all_over(&self, grid: &Grid, grey: &[u8]) -> bool {
+        let threshold = self.config.pixel_threshold;
+        let mut counts = [[0usize; PAN_BLOCKS]; PAN_BLOCKS];
+        for y in 0..grid.h {
+            for x in 0..grid.w {
+                let i = y * grid.w + x;
+                if !self.ignore[i] && grey[i].abs_diff(self.prev_small[i]) > threshold {
+                    counts[y * PAN_BLOCKS / grid.h][x * PAN_BLOCKS / grid.w] += 1;
+                }
+            }
+        }
+        let per_block = grid.w * grid.h / (PAN_BLOCKS * PAN_BLOCKS);
+        let busy = counts
+            .iter()
+            .flatten()
+            .filter(|&&n| n * 100 >= per_block.max(1))
+            .count();
+        busy >= PAN_MIN_BLOCKS
+    }
+
+    /// Fraction of unmasked analysis pixels whose source pixel differs from
+    /// the previous frame's pixel `(dx, dy)` back; pixels the shift brings
+    /// in from outside the previous view are not counted. `None` as soon as
+    /// too many differ for the shift to explain the frame.
+    fn shifted_change(&self, grid: &Grid, grey: &[u8], dx: i32, dy: i32) -> Option<f32> {
+        let threshold = self.config.pixel_threshold;
+        let too_many = (self.config.min_changed_fraction * (grid.w * grid.h) as f32) as usize;
+        let (fw, fh) = (grid.fw as i32, grid.fh as i32);
+        let (mut changed, mut counted) = (0usize, 0usize);
+        for y in 0..grid.h {
+            let py = grid.ys[y] as i32 - dy;
+            if py < 0 || py >= fh {
+                continue;
+            }
+            for x in 0..grid.w {
+                let i = y * grid.w + x;
+                let px = grid.xs[x] as i32 - dx;
+                if px < 0 || px >= fw || self.ignore[i] {
+                    continue;
+                }
+                counted += 1;
+                let j = (py * fw + px) as usize * 3;
+                if grey[i].abs_diff(luma(&self.prev_rgb[j..j + 3])) > threshold {
+                    changed += 1;
+                    if changed > too_many {
+                        return None;
+                    }
+                }
+            }
+        }
+        (counted > 0).then(|| changed as f32 / counted as f32)
+    }
 }
 
-/// Nearest-neighbour greyscale at `w` x `h`: the gate needs speed, not beauty.
-fn downscale_grey(frame: &Frame, w: usize, h: usize) -> Vec<u8> {
-    let (fw, fh) = (frame.width as usize, frame.height as usize);
-    let mut out = Vec::with_capacity(w * h);
-    for y in 0..h {
-        let sy = (y * fh + fh / (2 * h)) / h;
-        for x in 0..w {
-            let sx = (x * fw + fw / (2 * w)) / w;
-            let i = (sy.min(fh - 1) * fw + sx.min(fw - 1)) * 3;
-            let (r, g, b) = (
-                u32::from(frame.rgb[i]),
-                u32::from(frame.rgb[i + 1]),
-                u32::from(frame.rgb[i + 2]),
-            );
-            out.push(((299 * r + 587 * g + 114 * b) / 1000) as u8);
+/// Where the analysis pixels sit in the source frame (nearest neighbour).
+struct Grid {
+    fw: usize,
+    fh: usize,
+    w: usize,
+    h: usize,
+    xs: Vec<usize>,
+    ys: Vec<usize>,
+}
+
+impl Grid {
+    fn new(fw: usize, fh: usize, w: usize, h: usize) -> Self {
+        Self {
+            fw,
+            fh,
+            w,
+            h,
+            xs: (0..w)
+                .map(|x| ((x * fw + fw / (2 * w)) / w).min(fw - 1))
+                .collect(),
+            ys: (0..h)
+                .map(|y| ((y * fh + fh / (2 * h)) / h).min(fh - 1))
+                .collect(),
         }
     }
-    out
+
+    /// Greyscale at the grid points: the gate needs speed, not beauty.
+    fn sample(&self, frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.w * self.h);
+        for &sy in &self.ys {
+            for &sx in &self.xs {
+                let i = (sy * self.fw + sx) * 3;
+                out.push(luma(&frame.rgb[i..i + 3]));
+            }
+        }
+        out
+    }
+}
+
+fn luma(rgb: &[u8]) -> u8 {
+    let (r, g, b) = (u32::from(rgb[0]), u32::from(rgb[1]), u32::from(rgb[2]));
+    ((299 * r + 587 * g + 114 * b) / 1000) as u8
 }
 
 #[cfg(test)]
@@ -203,6 +435,81 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// A busy street-like texture (3-pixel cells of varied grey) seen
+    /// through a camera whose view is moved by `(ox, oy)`, with an optional
+    /// bright square that moves on its own at `square`.
+    fn textured(ox: i64, oy: i64, square: Option<(u32, u32)>) -> Frame {
+        let (w, h) = (320u32, 240u32);
+        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                let (cx, cy) = (
+                    (i64::from(x) - ox).div_euclid(3),
+                    (i64::from(y) - oy).div_euclid(3),
+                );
+                let hash =
+                    (cx.wrapping_mul(73_856_093) ^ cy.wrapping_mul(19_349_663)).rem_euclid(180);
+                let mut v = 40 + hash as u8;
+                if let Some((sx, sy)) = square {
+                    if (sx..sx + 30).contains(&x) && (sy..sy + 30).contains(&y) {
+                        v = 255;
+                    }
+                }
+                rgb.extend_from_slice(&[v, v, v]);
+            }
+        }
+        Frame {
+            camera_id: "c".into(),
+            ts: Utc::now(),
+            seq: 0,
+            width: w,
+            height: h,
+            rgb,
+        }
+    }
+
+    #[test]
+    fn a_camera_pan_is_measured_and_skipped_until_enough_new_view_shows() {
+        let mut g = MotionGate::new(MotionGateConfig::default(), vec![]);
+        assert!(g.check(&textured(0, 0, None), ms(0), false).infer);
+        let mut verdicts = Vec::new();
+        for k in 1..=6 {
+            // The view tilts 5 px a frame: the content moves down 5 px.
+            verdicts.push(g.check(&textured(0, 5 * k, None), ms(k as u64 * 100), false));
+        }
+        for v in &verdicts {
+            assert_eq!(v.camera_shift, Some((0.0, 5.0)), "{v:?}");
+            assert!(v.changed > 0.1, "the picture did change: {v:?}");
+        }
+        // 5 of 240 rows uncovered per frame: after 5 frames over 10% of the
+        // view is new, and the detector runs again.
+        let inferred: Vec<bool> = verdicts.iter().map(|v| v.infer).collect();
+        assert_eq!(inferred, [false, false, false, false, true, false]);
+        // The camera stops: still frames, no shift.
+        let v = g.check(&textured(0, 30, None), ms(700), false);
+        assert!(!v.infer && v.camera_shift.is_none(), "{v:?}");
+    }
+
+    #[test]
+    fn an_object_moving_in_a_still_view_is_not_a_pan() {
+        let mut g = MotionGate::new(MotionGateConfig::default(), vec![]);
+        g.check(&textured(0, 0, Some((100, 100))), ms(0), false);
+        g.check(&textured(0, 0, Some((100, 100))), ms(100), false);
+        let v = g.check(&textured(0, 0, Some((106, 100))), ms(200), false);
+        assert!(v.infer && v.camera_shift.is_none(), "{v:?}");
+        // Nor is a pan with the gate's camera-motion check switched off.
+        let mut off = MotionGate::new(
+            MotionGateConfig {
+                camera_motion: false,
+                ..MotionGateConfig::default()
+            },
+            vec![],
+        );
+        off.check(&textured(0, 0, None), ms(0), false);
+        let v = off.check(&textured(0, 5, None), ms(100), false);
+        assert!(v.infer && v.camera_shift.is_none(), "{v:?}");
     }
 
     #[test]

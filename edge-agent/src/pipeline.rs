@@ -237,7 +237,10 @@ impl Analyzer {
         if !self.pacer.due(t) {
             return Ok(out);
         }
-        let verdict = self.gate.check(frame, t, self.tracker.has_confirmed());
+        let verdict = self.gate.check(frame, t, self.tracker.is_tracking());
+        if let Some((dx, dy)) = verdict.camera_shift {
+            self.tracker.shift(dx, dy);
+        }
         if !verdict.infer {
             out.gated = true;
             let left = self.tracker.expire(frame.ts);
@@ -676,6 +679,56 @@ mod tests {
             },
         )
         .expect("config")
+    }
+
+    /// Always sees the same parked car: the scene never changes.
+    struct ParkedCar;
+
+    impl Detector for ParkedCar {
+        fn name(&self) -> &str {
+            "parked-car"
+        }
+        fn detect(&mut self, _: &Frame) -> Result<Vec<crate::detect::ObjectBox>, DetectError> {
+            Ok(vec![crate::detect::ObjectBox {
+                class_id: Some(2),
+                label: "car".into(),
+                score: 0.9,
+                bbox: [100.0, 100.0, 200.0, 160.0],
+            }])
+        }
+    }
+
+    #[test]
+    fn an_object_standing_still_from_the_start_is_confirmed_by_gate_refreshes() {
+        let config = config(&["still=synthetic://"]);
+        let mut a = Analyzer::new(&config, &config.cameras[0], Box::new(ParkedCar), "run");
+        let start = Utc::now();
+        let (mut inferred, mut tracked, mut appeared) = (0, 0, 0);
+        // 3 s of one unchanging picture at 10 fps.
+        for i in 0..30u64 {
+            let t = Duration::from_millis(i * 100);
+            let frame = Frame {
+                camera_id: "still".into(),
+                ts: start + chrono::Duration::from_std(t).expect("small"),
+                seq: i,
+                width: 320,
+                height: 240,
+                rgb: vec![90; 320 * 240 * 3],
+            };
+            let r = a.analyze(&frame, t).expect("analyze");
+            inferred += usize::from(r.inferred);
+            tracked += r.detections.iter().filter(|d| d.track_id.is_some()).count();
+            appeared += r
+                .events
+                .iter()
+                .filter(|e| e.kind == track_event::APPEARED)
+                .count();
+        }
+        // The first frame, then a refresh per second: the tentative track
+        // gets its second sighting and is reported, with nothing moving.
+        assert!((3..=4).contains(&inferred), "{inferred} inferred");
+        assert_eq!(appeared, 1);
+        assert!(tracked >= 2, "{tracked}");
     }
 
     #[test]

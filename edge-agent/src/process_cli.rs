@@ -6,7 +6,8 @@
 //! Frame times are the recording's own (start + presentation time), so
 //! dwell times and track ages mean what they would have meant live. A
 //! progress bar shows on a terminal; the results are printed, as a summary
-//! or, with `--json`, as one JSON document.
+//! or, with `--json`, as one JSON document, and, when a broker is
+//! configured, sent to the aggregator ([`crate::agent::deliver_recording`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::Utc;
-use edgeqi_shared::protocol::{track_event, LineCount, TrackEvent};
+use edgeqi_shared::protocol::{track_event, LineCount, Snapshot, TrackEvent};
 use edgeqi_shared::Detection;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::agent::{Delivered, Recording};
 use crate::config::{default_stall_timeout, AgentConfig, CameraConfig};
 use crate::detect;
 use crate::pipeline::{new_run_id, Analyzer};
@@ -47,8 +49,25 @@ pub struct ProcessReport {
     pub line_counts: Vec<LineCount>,
     pub events: Vec<TrackEvent>,
     pub detections: Vec<Detection>,
-    /// Snapshots made (one per confirmed track with a crop); not included.
+    /// Snapshots made (one per confirmed track with a crop); not printed.
     pub snapshots: u64,
+    #[serde(skip)]
+    pub snapshot_items: Vec<Snapshot>,
+    /// What was sent to the aggregator; absent when nothing was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<Delivered>,
+}
+
+impl ProcessReport {
+    /// The results to send, as the daemon would have sent them live.
+    pub fn recording(&self) -> Recording {
+        Recording {
+            detections: self.detections.clone(),
+            events: self.events.clone(),
+            line_counts: self.line_counts.clone(),
+            snapshots: self.snapshot_items.clone(),
+        }
+    }
 }
 
 /// CPU time of this process so far (Linux `/proc/self/stat`).
@@ -151,6 +170,8 @@ pub fn process(
         events: vec![],
         detections: vec![],
         snapshots: 0,
+        snapshot_items: vec![],
+        sent: None,
     };
     let mut infer_total = Duration::ZERO;
     let mut last_t = Duration::ZERO;
@@ -196,7 +217,7 @@ pub fn process(
         if result.gated {
             report.frames_gated += 1;
         }
-        report.snapshots += result.snapshots.len() as u64;
+        report.snapshot_items.extend(result.snapshots);
         report.detections.extend(result.detections);
         report.events.extend(result.events);
         for c in analyzer.take_line_counts() {
@@ -210,7 +231,8 @@ pub fn process(
     }
     let end = base + chrono::Duration::from_std(last_t).unwrap_or(chrono::Duration::zero());
     let last = analyzer.finish(end);
-    report.snapshots += last.snapshots.len() as u64;
+    report.snapshot_items.extend(last.snapshots);
+    report.snapshots = report.snapshot_items.len() as u64;
     report.events.extend(last.events);
     bar.finish_and_clear();
 
@@ -258,5 +280,11 @@ pub fn print_summary(r: &ProcessReport) {
     }
     for c in &r.line_counts {
         println!("line {}: {} × {} {}", c.line, c.count, c.label, c.direction);
+    }
+    if let Some(s) = &r.sent {
+        println!(
+            "sent to {}: {} detections (outbox {}, {} batches unacknowledged), {} events, {} snapshots",
+            s.broker, s.detections, s.outbox, s.unacked_batches, s.events, s.snapshots
+        );
     }
 }

@@ -128,10 +128,28 @@ impl Tracker {
         &self.tracks
     }
 
-    /// Whether any confirmed track is live (the motion gate then keeps
-    /// refreshing them).
-    pub fn has_confirmed(&self) -> bool {
-        self.tracks.iter().any(|t| t.confirmed)
+    /// Whether any track is live, tentative ones included: the motion gate
+    /// then keeps refreshing them, so an object that was already standing
+    /// still when the camera started (a parked bus) is confirmed by the
+    /// refreshes instead of waiting for something to move.
+    pub fn is_tracking(&self) -> bool {
+        !self.tracks.is_empty()
+    }
+
+    /// The camera moved the picture by `(dx, dy)` source pixels (a pan the
+    /// motion gate measured): every track's box moves along, so the next
+    /// detections still overlap their tracks. The gate only reports a pan
+    /// when nothing moved within the picture, so the tracks' own velocities
+    /// are zero now; keeping the old ones (which may hold the pan's start)
+    /// would move the boxes twice.
+    pub fn shift(&mut self, dx: f32, dy: f32) {
+        for t in &mut self.tracks {
+            t.bbox[0] += dx;
+            t.bbox[1] += dy;
+            t.bbox[2] += dx;
+            t.bbox[3] += dy;
+            t.velocity = [0.0; 4];
+        }
     }
 
     pub fn get(&self, id: u64) -> Option<&Track> {
@@ -316,7 +334,7 @@ mod tests {
         assert!(tr.update(&[], at(2000 + 2500)).left.is_empty());
         let left = tr.update(&[], at(2000 + 3500)).left;
         assert_eq!(left.len(), 2);
-        assert!(!tr.has_confirmed());
+        assert!(!tr.is_tracking());
     }
 
     #[test]
@@ -335,6 +353,23 @@ mod tests {
         let u = tr.update(&[obj("person", 6.0, 0.0, 0.9)], at(400));
         assert_eq!(u.assigned, [None]);
         assert_eq!(tr.tracks().len(), 2);
+    }
+
+    #[test]
+    fn tracks_follow_a_camera_pan() {
+        let mut tr = Tracker::new(TrackerConfig::default());
+        tr.update(&[obj("bus", 0.0, 0.0, 0.9)], at(0));
+        // The pan's first frame is a jump the gate cannot explain: the
+        // detector sees the bus 50 px lower, which the track takes for speed.
+        let id = tr.update(&[obj("bus", 0.0, 50.0, 0.9)], at(100)).assigned[0].expect("confirmed");
+        // The view moves on 60 px in frames the detector skips: without the
+        // shift the box (80 px tall) would hardly overlap its track, and with
+        // the old speed on top it would overshoot.
+        for _ in 0..6 {
+            tr.shift(0.0, 10.0);
+        }
+        let u = tr.update(&[obj("bus", 0.0, 110.0, 0.9)], at(800));
+        assert_eq!(u.assigned, [Some(id)]);
     }
 
     #[test]

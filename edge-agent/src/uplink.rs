@@ -69,6 +69,28 @@ impl Topics {
     }
 }
 
+/// Who connects: the daemon, or a one-off `edgeqi-agent process` run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// The daemon: client id = node id, a persistent session, the node's
+    /// online status and a last will.
+    Daemon,
+    /// `process` sending a recording's results: a client id of its own (a
+    /// broker keeps one connection per client id, and the daemon may be
+    /// connected right now), a clean session, and no status or last will,
+    /// so the node's online state stays the daemon's to report.
+    Recording,
+}
+
+impl Session {
+    fn client_id(self, node_id: &str) -> String {
+        match self {
+            Self::Daemon => node_id.to_owned(),
+            Self::Recording => format!("{node_id}-process-{}", std::process::id()),
+        }
+    }
+}
+
 /// A handle for publishing; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Uplink {
@@ -76,6 +98,7 @@ pub struct Uplink {
     node_id: String,
     topics: Topics,
     max_packet_size: usize,
+    session: Session,
 }
 
 fn status_payload(node_id: &str, online: bool) -> Vec<u8> {
@@ -124,10 +147,16 @@ fn options(
     node_id: &str,
     mqtt: &MqttConfig,
     max_inflight: usize,
+    session: Session,
 ) -> Result<MqttOptions, UplinkError> {
-    let mut o = MqttOptions::new(node_id, mqtt.url.host.clone(), mqtt.url.port);
+    let mut o = MqttOptions::new(
+        session.client_id(node_id),
+        mqtt.url.host.clone(),
+        mqtt.url.port,
+    );
     o.set_keep_alive(mqtt.keep_alive);
-    o.set_clean_session(false);
+    // A one-off run leaves no session behind on the broker.
+    o.set_clean_session(session == Session::Recording);
     let max = mqtt.max_packet_size as usize;
     o.set_max_packet_size(max, max);
     // Room for our batch window plus status publishes.
@@ -140,12 +169,14 @@ fn options(
             .unwrap_or_default();
         o.set_credentials(user.clone(), password);
     }
-    o.set_last_will(LastWill::new(
-        Topic::new(node_id, TopicKind::Status).to_string(),
-        status_payload(node_id, false),
-        QoS::AtLeastOnce,
-        true,
-    ));
+    if session == Session::Daemon {
+        o.set_last_will(LastWill::new(
+            Topic::new(node_id, TopicKind::Status).to_string(),
+            status_payload(node_id, false),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     if mqtt.url.scheme == MqttScheme::Mqtts {
         o.set_transport(tls_transport()?);
     }
@@ -157,9 +188,15 @@ impl Uplink {
     /// in the background; [`UplinkEvent::Connected`] says when it is up.
     pub fn connect(
         config: &AgentConfig,
+        session: Session,
         events: mpsc::Sender<UplinkEvent>,
     ) -> Result<(Self, JoinHandle<()>), UplinkError> {
-        let opts = options(&config.node_id, &config.mqtt, config.outbox.max_inflight)?;
+        let opts = options(
+            &config.node_id,
+            &config.mqtt,
+            config.outbox.max_inflight,
+            session,
+        )?;
         // Enough queue for a full window of batches plus heartbeats and status.
         let (client, eventloop) = AsyncClient::new(opts, config.outbox.max_inflight * 2 + 16);
         let task = tokio::spawn(drive(
@@ -175,6 +212,7 @@ impl Uplink {
                 node_id: config.node_id.clone(),
                 topics: Topics::new(&config.node_id),
                 max_packet_size: config.mqtt.max_packet_size as usize,
+                session,
             },
             task,
         ))
@@ -184,7 +222,7 @@ impl Uplink {
         &self.topics
     }
 
-    /// After each ConnAck: listen for acks and say we are online.
+    /// After each ConnAck: listen for acks and (the daemon) say we are online.
     pub fn announce(&self) {
         if let Err(e) = self
             .client
@@ -192,7 +230,9 @@ impl Uplink {
         {
             tracing::warn!(error = %e, "could not queue the ack subscription");
         }
-        self.publish_status(true);
+        if self.session == Session::Daemon {
+            self.publish_status(true);
+        }
     }
 
     pub fn publish_status(&self, online: bool) {
