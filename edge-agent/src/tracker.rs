@@ -360,15 +360,15 @@ mod tests {
         let mut tr = Tracker::new(TrackerConfig::default());
         tr.update(&[obj("bus", 0.0, 0.0, 0.9)], at(0));
         // The pan's first frame is a jump the gate cannot explain: the
-        // detector sees the bus 50 px lower, which the track takes for speed.
-        let id = tr.update(&[obj("bus", 0.0, 50.0, 0.9)], at(100)).assigned[0].expect("confirmed");
+        // detector sees the bus 30 px lower, which the track takes for speed.
+        let id = tr.update(&[obj("bus", 0.0, 30.0, 0.9)], at(100)).assigned[0].expect("confirmed");
         // The view moves on 60 px in frames the detector skips: without the
         // shift the box (80 px tall) would hardly overlap its track, and with
         // the old speed on top it would overshoot.
         for _ in 0..6 {
             tr.shift(0.0, 10.0);
         }
-        let u = tr.update(&[obj("bus", 0.0, 110.0, 0.9)], at(800));
+        let u = tr.update(&[obj("bus", 0.0, 90.0, 0.9)], at(800));
         assert_eq!(u.assigned, [Some(id)]);
     }
 
