@@ -115,28 +115,33 @@ pub enum MqttScheme {
     Mqtts,
 }
 
-/// A parsed `mqtt://host:port` or `mqtts://host:port` URL.
+/// A parsed `mqtt://[USER[:PASSWORD]@]host:port` or `mqtts://…` URL.
+/// `Display` leaves the credentials out: the URL is logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub scheme: MqttScheme,
     pub host: String,
     pub port: u16,
+    pub credentials: Option<edgeqi_shared::endpoint::UrlCredentials>,
 }
 
 impl BrokerUrl {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let hint = "expected mqtt://HOST:PORT or mqtts://HOST:PORT";
+        let hint = "expected mqtt://[USER:PASSWORD@]HOST:PORT or mqtts://…";
+        let shown = edgeqi_shared::endpoint::redact_userinfo(url);
         let (scheme, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
             (MqttScheme::Mqtt, rest)
         } else if let Some(rest) = url.strip_prefix("mqtts://") {
             (MqttScheme::Mqtts, rest)
         } else {
-            return Err(format!("{url:?}: unsupported scheme, {hint}"));
+            return Err(format!("{shown:?}: unsupported scheme, {hint}"));
         };
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        let (credentials, rest) =
+            edgeqi_shared::endpoint::split_userinfo(rest.trim_end_matches('/'), url)?;
+        let url = shown;
+        if rest.contains('/') || rest.contains('?') {
             return Err(format!(
-                "{url:?}: only host and port are allowed (put credentials in mqtt.username / mqtt.password), {hint}"
+                "{url:?}: only credentials, host and port are allowed, {hint}"
             ));
         }
         let default_port = match scheme {
@@ -169,6 +174,7 @@ impl BrokerUrl {
             scheme,
             host: host.to_owned(),
             port,
+            credentials,
         })
     }
 }
@@ -206,6 +212,8 @@ pub struct MqttConfig {
     pub url_given: bool,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// PEM CA certificates trusted for mqtts:// instead of the system's.
+    pub ca_file: Option<PathBuf>,
     pub keep_alive: Duration,
     pub max_packet_size: u64,
     pub reconnect_min: Duration,
@@ -288,6 +296,9 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub heartbeat_interval: Option<String>,
     pub log_format: Option<String>,
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
+    pub mqtt_ca_file: Option<PathBuf>,
 }
 
 /// The node id used when none is configured: this host's name, cut down to
@@ -340,6 +351,7 @@ fn positive_duration(v: &HumanDuration) -> Result<(), String> {
 
 const FLAG_NODE_ID: &str = "--node-id / EDGEQI_NODE_ID";
 const FLAG_MQTT_URL: &str = "--mqtt-url / EDGEQI_MQTT_URL";
+const FLAG_MQTT_PASSWORD: &str = "--mqtt-password / EDGEQI_MQTT_PASSWORD";
 const FLAG_SOURCE: &str = "--source / EDGEQI_SOURCE";
 const FLAG_MODEL: &str = "--model / EDGEQI_MODEL";
 const FLAG_HEARTBEAT: &str = "--heartbeat-interval / EDGEQI_HEARTBEAT_INTERVAL";
@@ -497,6 +509,9 @@ impl AgentConfig {
         }
         if self.mqtt.password.is_some() {
             mqtt.insert("password".into(), Value::String("<redacted>".into()));
+        }
+        if let Some(ca) = &self.mqtt.ca_file {
+            mqtt.insert("ca_file".into(), Value::String(ca.display().to_string()));
         }
         mqtt.insert("keep_alive".into(), dur(self.mqtt.keep_alive));
         mqtt.insert(
@@ -720,10 +735,39 @@ fn read_mqtt(doc: &mut ConfigDoc, o: &Overrides) -> MqttConfig {
         }),
         None => file_url.unwrap_or_else(fallback_url),
     };
-    let username = doc.get::<String>("mqtt.username");
-    let password = doc.get::<String>("mqtt.password").map(Secret);
-    if password.is_some() && username.is_none() {
+    // Flags win over credentials in the URL, which win over the file's keys.
+    let file_username = doc.get::<String>("mqtt.username");
+    let file_password = doc.get::<String>("mqtt.password").map(Secret);
+    if file_password.is_some() && file_username.is_none() {
         doc.problem("mqtt.password", "is set but mqtt.username is not");
+    }
+    let (mut username, mut password) = match &url.credentials {
+        Some(c) => (Some(c.username.clone()), c.password.clone().map(Secret)),
+        None => (file_username, file_password),
+    };
+    if let Some(u) = &o.mqtt_username {
+        username = Some(u.clone());
+    }
+    if let Some(p) = &o.mqtt_password {
+        password = Some(Secret(p.clone()));
+    }
+    if password.is_some() && username.is_none() {
+        doc.problem(
+            FLAG_MQTT_PASSWORD,
+            "is set but no user name is (--mqtt-username)",
+        );
+    }
+    let file_ca = doc.get::<String>("mqtt.ca_file").map(PathBuf::from);
+    let ca_file = o.mqtt_ca_file.clone().or(file_ca);
+    if let Some(ca) = &ca_file {
+        if !ca.is_file() {
+            doc.problem("mqtt.ca_file", format!("{} does not exist", ca.display()));
+        } else if url.scheme == MqttScheme::Mqtt {
+            doc.problem(
+                "mqtt.ca_file",
+                "is only used with an mqtts:// url; the url is mqtt://",
+            );
+        }
     }
     let keep_alive = doc
         .get_checked::<HumanDuration>("mqtt.keep_alive", |d| {
@@ -750,6 +794,7 @@ fn read_mqtt(doc: &mut ConfigDoc, o: &Overrides) -> MqttConfig {
         url_given,
         username,
         password,
+        ca_file,
         keep_alive,
         max_packet_size,
         reconnect_min,
@@ -764,6 +809,7 @@ fn fallback_url() -> BrokerUrl {
         scheme: MqttScheme::Mqtt,
         host: "127.0.0.1".into(),
         port: 1883,
+        credentials: None,
     })
 }
 
@@ -1457,10 +1503,50 @@ lines = [{ id = "l", from = [0.5, 0.5], to = [0.5, 0.5] }]
             "mqtt://:1883",
             "mqtt://h:0",
             "mqtt://h:99999",
-            "mqtt://u:p@h:1",
+            "mqtt://@h:1",
+            "mqtt://h:1/path",
         ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_from_flags_url_and_file_never_shown() {
+        let file = "[mqtt]\nurl = \"mqtt://node-a:url%2Fpass@h:1\"\nusername = \"file-user\"\npassword = \"file-pass\"\n";
+        let c = parse(file, &Overrides::default()).expect("valid");
+        assert_eq!(c.mqtt.username.as_deref(), Some("node-a"));
+        assert_eq!(
+            c.mqtt.password.as_ref().map(|p| p.0.as_str()),
+            Some("url/pass")
+        );
+        assert_eq!(c.mqtt.url.to_string(), "mqtt://h:1");
+        let shown = format!("{c:?}{}", c.to_toml_table());
+        assert!(
+            !shown.contains("url/pass") && !shown.contains("url%2Fpass"),
+            "{shown}"
+        );
+
+        let c = parse(
+            file,
+            &Overrides {
+                mqtt_username: Some("flag-user".into()),
+                mqtt_password: Some("flag-pass".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(c.mqtt.username.as_deref(), Some("flag-user"));
+        assert_eq!(
+            c.mqtt.password.as_ref().map(|p| p.0.as_str()),
+            Some("flag-pass")
+        );
+
+        let err = parse(
+            "[mqtt]\nca_file = \"/nonexistent/ca.pem\"\n",
+            &Overrides::default(),
+        )
+        .expect_err("missing CA file");
+        assert!(err.to_string().contains("mqtt.ca_file"), "{err}");
     }
 
     #[test]

@@ -99,9 +99,25 @@ struct GlobalArgs {
     /// Node id, [A-Za-z0-9_-]{1,64} [key: node_id] [default: host name]
     #[arg(long, env = "EDGEQI_NODE_ID", global = true, value_name = "ID")]
     node_id: Option<String>,
-    /// Broker, mqtt://HOST:PORT or mqtts://HOST:PORT [key: mqtt.url] [default: mqtt://127.0.0.1:1883]
+    /// Broker, mqtt://[USER:PASSWORD@]HOST:PORT or mqtts://… [key: mqtt.url] [default: mqtt://127.0.0.1:1883]
     #[arg(long, env = "EDGEQI_MQTT_URL", global = true, value_name = "URL")]
     mqtt_url: Option<String>,
+    /// MQTT user name; for the embedded broker, the node id [key: mqtt.username]
+    #[arg(long, env = "EDGEQI_MQTT_USERNAME", global = true, value_name = "USER")]
+    mqtt_username: Option<String>,
+    /// MQTT password (prefer the env var or the config file: flags show in `ps`) [key: mqtt.password]
+    #[arg(
+        long,
+        env = "EDGEQI_MQTT_PASSWORD",
+        global = true,
+        value_name = "PASSWORD",
+        hide_env_values = true,
+        value_parser = secret_arg
+    )]
+    mqtt_password: Option<config::Secret>,
+    /// PEM CA certificates to trust for mqtts:// instead of the system's [key: mqtt.ca_file]
+    #[arg(long, env = "EDGEQI_MQTT_CA_FILE", global = true, value_name = "FILE")]
+    mqtt_ca_file: Option<PathBuf>,
     /// Camera source, [ID=]URI, repeatable; replaces [[cameras]]. URIs: rtsp://, file://PATH,
     /// v4l2:///dev/videoN, images://DIR, synthetic://. Comma-separated in the env var.
     #[arg(
@@ -131,11 +147,19 @@ struct GlobalArgs {
     log_format: Option<String>,
 }
 
+/// Keeps the password out of `Debug` output of the parsed arguments.
+fn secret_arg(s: &str) -> Result<config::Secret, String> {
+    Ok(config::Secret(s.to_owned()))
+}
+
 impl GlobalArgs {
     fn overrides(&self) -> Overrides {
         Overrides {
             node_id: self.node_id.clone(),
             mqtt_url: self.mqtt_url.clone(),
+            mqtt_username: self.mqtt_username.clone(),
+            mqtt_password: self.mqtt_password.as_ref().map(|s| s.0.clone()),
+            mqtt_ca_file: self.mqtt_ca_file.clone(),
             sources: self
                 .sources
                 .iter()

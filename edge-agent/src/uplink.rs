@@ -42,6 +42,8 @@ pub enum UplinkError {
         "mqtts: no usable CA certificates found on this system ({0}); install ca-certificates"
     )]
     NoRootCerts(String),
+    #[error("mqtt.ca_file {0}")]
+    CaFile(String),
 }
 
 /// The node's topics.
@@ -116,7 +118,31 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn tls_transport() -> Result<Transport, UplinkError> {
+/// The CA certificates in a PEM file (a private CA, or a self-signed broker).
+fn roots_from_file(path: &std::path::Path) -> Result<rustls::RootCertStore, UplinkError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| UplinkError::CaFile(format!("{}: {e}", path.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(UplinkError::CaFile(format!(
+            "{} holds no usable PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(roots)
+}
+
+fn tls_transport(ca_file: Option<&std::path::Path>) -> Result<Transport, UplinkError> {
+    if let Some(path) = ca_file {
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots_from_file(path)?)
+            .with_no_client_auth();
+        return Ok(Transport::tls_with_config(config.into()));
+    }
     // rumqttc's `tls_with_default_config` panics on an unreadable system
     // certificate; load them ourselves and skip the bad ones instead.
     let loaded = rustls_native_certs::load_native_certs();
@@ -178,7 +204,7 @@ fn options(
         ));
     }
     if mqtt.url.scheme == MqttScheme::Mqtts {
-        o.set_transport(tls_transport()?);
+        o.set_transport(tls_transport(mqtt.ca_file.as_deref())?);
     }
     Ok(o)
 }
@@ -361,8 +387,13 @@ async fn drive(
                 // Jitter spreads reconnects of many nodes after a broker restart.
                 let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
                 let delay = backoff + jitter;
-                tracing::warn!(broker = %url, error = %e, retry_in = ?delay,
-                    "cannot reach the MQTT broker; is it running and is mqtt.url right?");
+                if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
+                    tracing::error!(broker = %url, ?code, retry_in = ?delay,
+                        "the MQTT broker refused the login; check mqtt.username (the node id) and mqtt.password (from POST /api/v1/nodes)");
+                } else {
+                    tracing::warn!(broker = %url, error = %e, retry_in = ?delay,
+                        "cannot reach the MQTT broker; is it running and is mqtt.url right?");
+                }
                 tokio::time::sleep(delay).await;
                 backoff = (backoff * 2).min(reconnect_max);
             }
