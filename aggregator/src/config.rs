@@ -48,12 +48,50 @@ const fn default_ingest_group_max_detections() -> usize {
 }
 
 /// Where MQTT traffic comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum BrokerMode {
-    /// Run rumqttd in-process, listening here.
-    Embedded { listen: SocketAddr },
+    /// Run rumqttd in-process behind the gateway, listening here.
+    Embedded {
+        /// Plain MQTT listener (`None`: `mqtt.listen = "off"`, TLS only).
+        listen: Option<SocketAddr>,
+        tls: Option<TlsListener>,
+        /// Let clients without credentials in, without topic limits (demo).
+        allow_anonymous: bool,
+    },
     /// Connect to an existing broker (`mqtt://host:port` or `mqtts://…`).
     External { url: String },
+}
+
+impl std::fmt::Debug for BrokerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerMode::Embedded {
+                listen,
+                tls,
+                allow_anonymous,
+            } => f
+                .debug_struct("Embedded")
+                .field("listen", listen)
+                .field("tls", tls)
+                .field("allow_anonymous", allow_anonymous)
+                .finish(),
+            // The URL may carry a password: it is logged at start-up.
+            BrokerMode::External { url } => f
+                .debug_struct("External")
+                .field("url", &edgeqi_shared::endpoint::redact_userinfo(url))
+                .finish(),
+        }
+    }
+}
+
+/// The embedded broker's MQTT-over-TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -126,6 +164,11 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub admin_token: Option<String>,
     pub model: Option<String>,
+    /// `--mqtt-allow-anonymous`: true wins over the file; false leaves it to the file.
+    pub mqtt_allow_anonymous: bool,
+    pub mqtt_tls_listen: Option<String>,
+    pub mqtt_tls_cert: Option<String>,
+    pub mqtt_tls_key: Option<String>,
 }
 
 /// A flag (or its environment variable) wins over the file's value.
@@ -154,8 +197,49 @@ impl AggregatorConfig {
             };
         let http_listen =
             parse_addr(&mut doc, "http_listen", &o.http_listen).unwrap_or(default_http_listen());
-        let mqtt_listen =
-            parse_addr(&mut doc, "mqtt.listen", &o.mqtt_listen).unwrap_or(default_mqtt_listen());
+        // "off": TLS only (see mqtt.tls_listen).
+        let mqtt_listen = match prefer(&o.mqtt_listen, doc.get::<String>("mqtt.listen")) {
+            Some(off) if off == "off" => None,
+            Some(raw) => Some(raw.parse().unwrap_or_else(|_| {
+                doc.problem(
+                    "mqtt.listen",
+                    format!("{raw:?} is not an address like 0.0.0.0:1883 (or \"off\")"),
+                );
+                default_mqtt_listen()
+            })),
+            None => Some(default_mqtt_listen()),
+        };
+        let tls_listen = parse_addr(&mut doc, "mqtt.tls_listen", &o.mqtt_tls_listen);
+        let tls_file = |doc: &mut ConfigDoc, key: &str, flag: &Option<String>| {
+            let path = prefer(flag, doc.get::<String>(key)).filter(|p| !p.is_empty())?;
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                doc.problem(key, format!("{} does not exist", path.display()));
+            }
+            Some(path)
+        };
+        let tls_cert = tls_file(&mut doc, "mqtt.tls_cert", &o.mqtt_tls_cert);
+        let tls_key = tls_file(&mut doc, "mqtt.tls_key", &o.mqtt_tls_key);
+        let tls = match (tls_listen, tls_cert, tls_key) {
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener { listen, cert, key }),
+            (None, None, None) => None,
+            (Some(_), _, _) => {
+                doc.problem("mqtt.tls_listen", "needs mqtt.tls_cert and mqtt.tls_key");
+                None
+            }
+            (None, _, _) => {
+                doc.problem("mqtt.tls_cert", "is set but mqtt.tls_listen is not");
+                None
+            }
+        };
+        if mqtt_listen.is_none() && tls.is_none() {
+            doc.problem(
+                "mqtt.listen",
+                "is \"off\" but no mqtt.tls_listen is configured: nothing would accept nodes",
+            );
+        }
+        let allow_anonymous =
+            o.mqtt_allow_anonymous || doc.get::<bool>("mqtt.allow_anonymous").unwrap_or(false);
         let mqtt_url = prefer(&o.mqtt_url, doc.get::<String>("mqtt.url")).filter(|u| !u.is_empty());
         if let Some(url) = &mqtt_url {
             if let Err(e) = edgeqi_shared::MqttEndpoint::parse(url) {
@@ -347,6 +431,8 @@ impl AggregatorConfig {
                 Some(url) => BrokerMode::External { url },
                 None => BrokerMode::Embedded {
                     listen: mqtt_listen,
+                    tls,
+                    allow_anonymous,
                 },
             },
             mqtt_client_id,
@@ -380,7 +466,9 @@ mod tests {
         assert_eq!(
             c.broker,
             BrokerMode::Embedded {
-                listen: default_mqtt_listen()
+                listen: Some(default_mqtt_listen()),
+                tls: None,
+                allow_anonymous: false,
             }
         );
         assert_eq!(c.database_url, "sqlite://./data/edgeqi.db");
@@ -491,9 +579,77 @@ mod tests {
     fn debug_redacts_secrets() {
         let c = AggregatorConfig::load(&Overrides {
             admin_token: Some("tok-secret".into()),
+            mqtt_url: Some("mqtts://agg:url-secret@broker:8883".into()),
             ..Default::default()
         })
         .expect("ok");
-        assert!(!format!("{c:?}").contains("tok-secret"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("tok-secret") && !shown.contains("url-secret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn mqtt_security_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "x").expect("write");
+        std::fs::write(&key, "x").expect("write");
+        let path = dir.path().join("agg.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[mqtt]\nlisten = \"off\"\ntls_listen = \"127.0.0.1:8883\"\ntls_cert = {:?}\ntls_key = {:?}\nallow_anonymous = true\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+        )
+        .expect("write");
+        let c = AggregatorConfig::load(&Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect("ok");
+        assert_eq!(
+            c.broker,
+            BrokerMode::Embedded {
+                listen: None,
+                tls: Some(TlsListener {
+                    listen: "127.0.0.1:8883".parse().expect("addr"),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                allow_anonymous: true,
+            }
+        );
+
+        // TLS without a key, and "off" with nothing else listening.
+        std::fs::write(
+            &path,
+            "[mqtt]\nlisten = \"off\"\ntls_listen = \"127.0.0.1:8883\"\ntls_cert = \"/nonexistent.pem\"\n",
+        )
+        .expect("write");
+        let err = AggregatorConfig::load(&Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect_err("incomplete TLS");
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["mqtt.tls_cert", "mqtt.tls_listen", "mqtt.listen"]);
+
+        // The flag turns anonymous access on; the default is off.
+        let c = AggregatorConfig::load(&Overrides {
+            mqtt_allow_anonymous: true,
+            ..Default::default()
+        })
+        .expect("ok");
+        assert!(matches!(
+            c.broker,
+            BrokerMode::Embedded {
+                allow_anonymous: true,
+                ..
+            }
+        ));
     }
 }

@@ -55,8 +55,8 @@ fn mqtt_options(s: &IngestSettings) -> MqttOptions {
         // Outgoing QoS1 acks to thousands of agents must not queue behind a
         // small window.
         .set_inflight(u16::MAX / 2);
-    if let (Some(u), Some(p)) = (&s.username, &s.password) {
-        o.set_credentials(u, p);
+    if let Some(u) = &s.username {
+        o.set_credentials(u, s.password.as_deref().unwrap_or_default());
     }
     if s.endpoint.tls {
         o.set_transport(Transport::tls_with_default_config());

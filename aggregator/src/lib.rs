@@ -1,6 +1,6 @@
 //! EdgeQI aggregator: the central side of the system.
 //!
-//! - [`broker`]: the embedded rumqttd MQTT broker
+//! - [`broker`]: the embedded rumqttd MQTT broker behind its gateway (node logins, topic ACL, TLS)
 //! - [`ingest`]: MQTT client that validates, stores and acknowledges
 //! - [`store`]: the `Store` trait and its SQLite backend (ledger, detections, registry, dead letters)
 //! - [`events`]: tracker events, line counts and snapshots from agents
@@ -8,7 +8,7 @@
 //! - [`live`]: the broadcast bus behind the WebSocket feed
 //! - [`reviews`]: human review of detections and reports, YOLO dataset export
 //! - [`alerts`]: alert rules and watchlists, their evaluator and webhooks
-//! - [`accounts`]: users, roles, tenants, API keys, audit log
+//! - [`accounts`]: users, roles, tenants, API keys, audit log, per-node MQTT credentials
 //! - [`api`]: REST and WebSocket (axum)
 //! - [`config`]: file, environment and flag handling
 

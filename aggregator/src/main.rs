@@ -24,7 +24,19 @@ struct Cli {
     /// Address of the embedded MQTT broker [key mqtt.listen, default 0.0.0.0:1883].
     #[arg(long, env = "EDGEQI_MQTT_LISTEN")]
     mqtt_listen: Option<String>,
-    /// Use this external broker (mqtt://host:port or mqtts://…) instead of the embedded one [key mqtt.url].
+    /// Embedded broker: also accept MQTT over TLS here, e.g. 0.0.0.0:8883 [key mqtt.tls_listen].
+    #[arg(long, env = "EDGEQI_MQTT_TLS_LISTEN")]
+    mqtt_tls_listen: Option<String>,
+    /// PEM certificate chain of the TLS listener [key mqtt.tls_cert].
+    #[arg(long, env = "EDGEQI_MQTT_TLS_CERT")]
+    mqtt_tls_cert: Option<String>,
+    /// PEM private key of the TLS listener [key mqtt.tls_key].
+    #[arg(long, env = "EDGEQI_MQTT_TLS_KEY")]
+    mqtt_tls_key: Option<String>,
+    /// Embedded broker: let clients without credentials in, with no topic limits (demos only) [key mqtt.allow_anonymous].
+    #[arg(long, env = "EDGEQI_MQTT_ALLOW_ANONYMOUS")]
+    mqtt_allow_anonymous: bool,
+    /// Use this external broker (mqtt://[USER:PASSWORD@]host:port or mqtts://…) instead of the embedded one [key mqtt.url].
     #[arg(long, env = "EDGEQI_MQTT_URL")]
     mqtt_url: Option<String>,
     /// HTTP address for the REST API and WebSocket [key http_listen, default 0.0.0.0:8080].
@@ -63,6 +75,10 @@ fn main() -> std::process::ExitCode {
         log_format: cli.log_format,
         admin_token: std::env::var("EDGEQI_ADMIN_TOKEN").ok(),
         model: cli.model,
+        mqtt_allow_anonymous: cli.mqtt_allow_anonymous,
+        mqtt_tls_listen: cli.mqtt_tls_listen,
+        mqtt_tls_cert: cli.mqtt_tls_cert,
+        mqtt_tls_key: cli.mqtt_tls_key,
     };
     let config = match AggregatorConfig::load(&overrides) {
         Ok(c) => c,
@@ -132,17 +148,68 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         tracing::info!("stopped before the database was reachable");
         return Ok(());
     };
-    let endpoint = match &config.broker {
-        BrokerMode::Embedded { listen } => {
-            let addr = broker::start_embedded(*listen, config.max_packet_size)?;
-            edgeqi_shared::MqttEndpoint {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-                tls: false,
+    let node_credentials =
+        accounts::node_credentials::NodeCredentials::open(&config.accounts_database_url)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut gateway_tasks = Vec::new();
+    // Where ingest connects, and as whom.
+    let (endpoint, ingest_username, ingest_password) = match &config.broker {
+        BrokerMode::Embedded {
+            listen,
+            tls,
+            allow_anonymous,
+        } => {
+            let embedded = broker::start_embedded(config.max_packet_size)?;
+            let gateway = broker::gateway::Gateway::new(
+                broker::gateway::Policy {
+                    credentials: node_credentials.clone(),
+                    allow_anonymous: *allow_anonymous,
+                    reserved_client_id: config.mqtt_client_id.clone(),
+                    max_packet_size: config.max_packet_size,
+                },
+                embedded.clone(),
+            );
+            if *allow_anonymous {
+                tracing::warn!("MQTT anonymous access is on: clients without credentials get in, with no topic limits");
             }
+            if let Some(addr) = listen {
+                let listener = broker::gateway::bind(*addr).await?;
+                gateway_tasks.push(tokio::spawn(gateway.clone().serve(
+                    listener,
+                    None,
+                    shutdown_rx.clone(),
+                )));
+            }
+            if let Some(t) = tls {
+                let acceptor = broker::gateway::tls_acceptor(&t.cert, &t.key)?;
+                let listener = broker::gateway::bind(t.listen).await?;
+                gateway_tasks.push(tokio::spawn(gateway.clone().serve(
+                    listener,
+                    Some(acceptor),
+                    shutdown_rx.clone(),
+                )));
+            }
+            let endpoint = edgeqi_shared::MqttEndpoint {
+                host: embedded.internal.ip().to_string(),
+                port: embedded.internal.port(),
+                tls: false,
+                credentials: None,
+            };
+            (
+                endpoint,
+                Some(config.mqtt_client_id.clone()),
+                Some(embedded.token.to_string()),
+            )
         }
         BrokerMode::External { url } => {
-            edgeqi_shared::MqttEndpoint::parse(url).map_err(anyhow::Error::msg)?
+            let endpoint = edgeqi_shared::MqttEndpoint::parse(url).map_err(anyhow::Error::msg)?;
+            // mqtt.username / mqtt.password win over credentials in the URL.
+            let (user, password) = match (&config.mqtt_username, &endpoint.credentials) {
+                (Some(u), _) => (Some(u.clone()), config.mqtt_password.clone()),
+                (None, Some(c)) => (Some(c.username.clone()), c.password.clone()),
+                (None, None) => (None, None),
+            };
+            (endpoint, user, password)
         }
     };
     let http = tokio::net::TcpListener::bind(config.http_listen)
@@ -155,7 +222,6 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         })?;
     let http_addr = http.local_addr()?;
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let live = live::LiveBus::new(config.live_buffer);
     let health = Arc::new(ingest::IngestHealth::default());
     let events = edgeqi_aggregator::events::EventStore::open(&config.accounts_database_url)?;
@@ -175,8 +241,8 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let settings = ingest::IngestSettings {
         endpoint: endpoint.clone(),
         client_id: config.mqtt_client_id.clone(),
-        username: config.mqtt_username.clone(),
-        password: config.mqtt_password.clone(),
+        username: ingest_username,
+        password: ingest_password,
         keep_alive: config.mqtt_keep_alive,
         max_packet_size: config.max_packet_size,
         group_max_detections: config.ingest_group_max_detections,
@@ -215,8 +281,9 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         reviews: edgeqi_aggregator::reviews::ReviewStore::open(&config.accounts_database_url)?,
         alerts,
         metrics: Some(metrics),
+        node_credentials: node_credentials.with_reserved(&config.mqtt_client_id),
     });
-    tracing::info!(http = %http_addr, mqtt = %endpoint, bootstrap_token = config.admin_token.is_some(), "aggregator ready");
+    tracing::info!(http = %http_addr, broker = %endpoint, bootstrap_token = config.admin_token.is_some(), "aggregator ready");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let watchdog = tokio::spawn(systemd_watchdog());
 
@@ -234,6 +301,9 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     watchdog.abort();
     let _ = ingest_task.await;
+    for t in gateway_tasks {
+        let _ = t.await;
+    }
     let _ = sweep_task.await;
     let _ = retention_task.await;
     let _ = evaluator_task.await;

@@ -4,6 +4,7 @@
 //! shown once. Everything here lives behind [`AccountStore`] so the storage
 //! backends stay interchangeable; the SQLite implementation keeps its own
 //! schema version so it evolves independently of the detection store.
+//! Per-node MQTT credentials are a store of their own, [`node_credentials`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StoreResult;
 
+pub mod node_credentials;
 pub mod sqlite;
 
 /// What a caller may do. Ordered: an admin may do everything an operator may.

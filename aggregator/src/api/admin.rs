@@ -410,12 +410,20 @@ pub struct Provision {
     tenant_id: Option<i64>,
 }
 
-/// Registers a node under a tenant (admin). Audited.
+/// What a node needs to log in to the embedded broker; the password is in
+/// this answer only, never stored in clear or logged.
+fn mqtt_login(node_id: &str, password: String) -> serde_json::Value {
+    json!({ "client_id": node_id, "username": node_id, "password": password })
+}
+
+/// Registers a node under a tenant and issues its MQTT credentials (admin):
+/// new ones each time, so re-provisioning invalidates the old password.
+/// Audited, without the password.
 #[utoipa::path(post, path = "/nodes", tag = "nodes", operation_id = "provision_node",
     security(("jwt" = ["admin"])), request_body = Provision,
     responses(
-        (status = 201, description = "the node and its tenant", body = Object),
-        (status = 422, description = "bad node id or unknown tenant", body = super::openapi::ErrorBody),
+        (status = 201, description = "the node, its tenant and its MQTT login `{\"mqtt\":{\"client_id\",\"username\",\"password\"}}` (shown once)", body = Object),
+        (status = 422, description = "bad node id, the aggregator's own client id, or unknown tenant", body = super::openapi::ErrorBody),
     ))]
 pub async fn provision_node(
     State(state): State<AppState>,
@@ -432,6 +440,12 @@ pub async fn provision_node(
         return Err(ApiError::Forbidden(
             "you can only provision nodes into your own tenant".into(),
         ));
+    }
+    if state.node_credentials.is_reserved(&req.node_id) {
+        return Err(ApiError::Unprocessable(format!(
+            "{:?} is the aggregator's own MQTT client id; choose another node_id",
+            req.node_id
+        )));
     }
     let tenant = who
         .tenant_id
@@ -450,7 +464,8 @@ pub async fn provision_node(
         return Err(ApiError::Unprocessable(format!("no tenant {tenant}")));
     }
     state.accounts.set_node_tenant(&req.node_id, tenant).await?;
-    let after = json!({"node_id": req.node_id, "tenant_id": tenant});
+    let password = state.node_credentials.issue(&req.node_id).await?;
+    let after = json!({"node_id": req.node_id, "tenant_id": tenant, "mqtt_credentials": "issued"});
     audit(
         &state,
         &who,
@@ -458,10 +473,66 @@ pub async fn provision_node(
         "node.provision",
         format!("node:{}", req.node_id),
         None,
-        Some(after.clone()),
+        Some(after),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(after)))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "node_id": req.node_id,
+            "tenant_id": tenant,
+            "mqtt": mqtt_login(&req.node_id, password),
+        })),
+    ))
+}
+
+/// A new MQTT password for a provisioned node (admin; another tenant's node
+/// is a 404). The old one stops working at once and the node's open
+/// connection is closed. Audited, without the password.
+#[utoipa::path(post, path = "/nodes/{id}/credentials", tag = "nodes", operation_id = "rotate_node_credentials",
+    security(("jwt" = ["admin"])), params(("id" = String, Path, description = "node id")),
+    responses(
+        (status = 200, description = "the node's new MQTT login `{\"mqtt\":{\"client_id\",\"username\",\"password\"}}` (shown once)", body = Object),
+        (status = 404, description = "no such provisioned node, or another tenant's", body = super::openapi::ErrorBody),
+    ))]
+pub async fn rotate_node_credentials(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    headers: HeaderMap,
+    Path(node_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "node {node_id:?} has no MQTT credentials: provision it with POST /api/v1/nodes"
+        ))
+    };
+    if !edgeqi_shared::topic::is_valid_node_id(&node_id) {
+        return Err(not_found());
+    }
+    // A tenant admin rotates its own tenant's nodes only; others look absent.
+    if let Some(visible) = super::visible_nodes(&state, &who).await? {
+        if !visible.contains(&node_id) {
+            return Err(not_found());
+        }
+    }
+    if !state.node_credentials.exists(&node_id).await? {
+        return Err(not_found());
+    }
+    let password = state.node_credentials.issue(&node_id).await?;
+    audit(
+        &state,
+        &who,
+        &headers,
+        "node.credentials.rotate",
+        format!("node:{node_id}"),
+        None,
+        Some(json!({"node_id": node_id, "mqtt_credentials": "rotated"})),
+    )
+    .await;
+    Ok(Json(json!({
+        "node_id": node_id,
+        "mqtt": mqtt_login(&node_id, password),
+    })))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -56,6 +56,8 @@ pub struct AppState {
     /// Alert rules, fired alerts, webhook deliveries.
     pub alerts: Arc<crate::alerts::Alerts>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Per-node MQTT credentials, issued by provisioning.
+    pub node_credentials: crate::accounts::node_credentials::NodeCredentials,
 }
 
 /// Largest citizen report (photo and fields).
@@ -104,6 +106,7 @@ pub fn api_routes() -> ApiRoutes {
         .routes(routes!(admin::audit_log))
         .routes(routes!(list_nodes, admin::provision_node))
         .routes(routes!(get_node))
+        .routes(routes!(admin::rotate_node_credentials))
         .routes(routes!(get_ledger))
         .routes(routes!(list_detections))
         .routes(routes!(summary))

@@ -48,6 +48,9 @@ fn fixture() -> Fixture {
             alerts: crate::alerts::Alerts::open(&url, Default::default())
                 .expect("alerts")
                 .0,
+            node_credentials: crate::accounts::node_credentials::NodeCredentials::open(&url)
+                .expect("node credentials")
+                .with_reserved("edgeqi-aggregator"),
             metrics: None,
         },
     }
@@ -314,6 +317,112 @@ async fn create_user(
     body: serde_json::Value,
 ) -> (StatusCode, serde_json::Value) {
     send(state, "POST", "/api/v1/users", Some(token), Some(body)).await
+}
+
+#[tokio::test]
+async fn provisioning_issues_mqtt_credentials_and_rotation_replaces_them() {
+    let f = fixture();
+    let s = &f.state;
+    let (_, tenant) = send(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "mqtt-city"})),
+    )
+    .await;
+    let tenant = tenant["id"].as_i64().expect("tenant id");
+    let provision = |node: &str| serde_json::json!({"node_id": node, "tenant_id": tenant});
+    let (status, body) = send(
+        s,
+        "POST",
+        "/api/v1/nodes",
+        Some(ADMIN),
+        Some(provision("cam-7")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["mqtt"]["username"], "cam-7");
+    assert_eq!(body["mqtt"]["client_id"], "cam-7");
+    let first = body["mqtt"]["password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
+    assert!(s
+        .node_credentials
+        .verify("cam-7", &first)
+        .await
+        .expect("verify"));
+
+    // Rotation: a new password, the old one is dead.
+    let (status, body) = send(
+        s,
+        "POST",
+        "/api/v1/nodes/cam-7/credentials",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let second = body["mqtt"]["password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
+    assert_ne!(first, second);
+    assert!(!s
+        .node_credentials
+        .verify("cam-7", &first)
+        .await
+        .expect("old"));
+    assert!(s
+        .node_credentials
+        .verify("cam-7", &second)
+        .await
+        .expect("new"));
+
+    // Unknown nodes, the aggregator's own client id, and non-admins are refused.
+    let (status, body) = send(
+        s,
+        "POST",
+        "/api/v1/nodes/ghost/credentials",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"]["message"].as_str().is_some(), "{body}");
+    let (status, _) = send(
+        s,
+        "POST",
+        "/api/v1/nodes",
+        Some(ADMIN),
+        Some(provision("edgeqi-aggregator")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    create_user(s, ADMIN, serde_json::json!({"username": "op-m", "password": "operator-m", "role": "operator", "tenant_id": tenant})).await;
+    let (_, session) = login(s, "op-m", "operator-m").await;
+    let op = session["token"].as_str().expect("token").to_owned();
+    let (status, _) = send(
+        s,
+        "POST",
+        "/api/v1/nodes/cam-7/credentials",
+        Some(&op),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = send(s, "POST", "/api/v1/nodes/cam-7/credentials", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Both are audited, and no password ever reaches the audit log.
+    let (_, audit) = get(s, "/api/v1/audit", None).await;
+    let text = audit.to_string();
+    assert!(
+        text.contains("node.provision") && text.contains("node.credentials.rotate"),
+        "{text}"
+    );
+    assert!(!text.contains(&first) && !text.contains(&second));
 }
 
 #[tokio::test]

@@ -1,15 +1,27 @@
 //! The embedded MQTT broker (rumqttd), so a single `edgeqi-aggregator`
 //! process is a complete installation.
 //!
+//! rumqttd listens on loopback only; nodes reach it through the
+//! [`gateway`], which authenticates them and enforces the topic [`acl`]
+//! (rumqttd 0.20 can check CONNECT credentials but has no hook to authorize
+//! a publish or subscribe). rumqttd itself accepts exactly one password, a
+//! random per-process internal token known only to the gateway and the
+//! ingest client, so going around the gateway to the loopback port gets a
+//! local process nowhere.
+//!
 //! rumqttd's `Broker::start` blocks forever and only logs a bind failure on
-//! its own thread, so we check the port ourselves first, run the broker on a
+//! its own thread, so we pick the port ourselves first, run the broker on a
 //! dedicated OS thread, and wait until it accepts connections.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+pub mod acl;
+pub mod gateway;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -22,10 +34,37 @@ pub enum BrokerError {
     NotListening(SocketAddr),
     #[error("cannot start the embedded MQTT broker thread: {0}")]
     Thread(std::io::Error),
+    #[error("MQTT TLS: {0}")]
+    Tls(String),
 }
 
-fn broker_config(listen: SocketAddr, max_packet_size: usize) -> Config {
-    let connections = ConnectionSettings {
+/// The running broker: where the gateway and ingest connect, and the only
+/// password it accepts.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBroker {
+    /// rumqttd's loopback listener.
+    pub internal: SocketAddr,
+    /// The internal token (random per process, never stored or logged).
+    pub token: Arc<str>,
+}
+
+/// Constant-time, so the token cannot be guessed byte by byte from timings.
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn new_token() -> Arc<str> {
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
+}
+
+fn broker_config(listen: SocketAddr, max_packet_size: usize, token: Arc<str>) -> Config {
+    let mut connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: max_packet_size,
         // Outstanding QoS1 publishes per connection; agents keep ≤ 32 batches in flight.
@@ -34,6 +73,12 @@ fn broker_config(listen: SocketAddr, max_packet_size: usize) -> Config {
         external_auth: None,
         dynamic_filters: true,
     };
+    // Nodes' real credentials are checked by the gateway, which then logs in
+    // with the token; so does ingest. Nothing else gets in.
+    connections.set_auth_handler(move |_client_id, _user, password: String| {
+        let ok = same_secret(password.as_bytes(), token.as_bytes());
+        async move { ok }
+    });
     let server = ServerSettings {
         name: "edgeqi-v4".into(),
         listen,
@@ -58,18 +103,19 @@ fn broker_config(listen: SocketAddr, max_packet_size: usize) -> Config {
     }
 }
 
-/// Starts rumqttd on its own thread and returns once it accepts connections.
-pub fn start_embedded(
-    listen: SocketAddr,
-    max_packet_size: usize,
-) -> Result<SocketAddr, BrokerError> {
-    // Bind once ourselves: rumqttd would only log the failure on its thread.
-    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
-        addr: listen,
-        source,
-    })?;
+/// Starts rumqttd on a loopback port on its own thread and returns once it
+/// accepts connections.
+pub fn start_embedded(max_packet_size: usize) -> Result<EmbeddedBroker, BrokerError> {
+    // rumqttd binds by itself and would only log a failure on its thread:
+    // take a free loopback port first.
+    let any = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
+    let probe = TcpListener::bind(any).map_err(|source| BrokerError::Bind { addr: any, source })?;
+    let internal = probe
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr: any, source })?;
     drop(probe);
-    let mut broker = Broker::new(broker_config(listen, max_packet_size));
+    let token = new_token();
+    let mut broker = Broker::new(broker_config(internal, max_packet_size, token.clone()));
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -78,20 +124,15 @@ pub fn start_embedded(
             }
         })
         .map_err(BrokerError::Thread)?;
-    let connect_to = if listen.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
-    } else {
-        listen
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&connect_to, Duration::from_millis(200)).is_ok() {
-            tracing::info!(%listen, max_packet_size, "embedded MQTT broker listening");
-            return Ok(connect_to);
+        if TcpStream::connect_timeout(&internal, Duration::from_millis(200)).is_ok() {
+            tracing::debug!(%internal, max_packet_size, "embedded MQTT broker listening on loopback");
+            return Ok(EmbeddedBroker { internal, token });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(BrokerError::NotListening(listen))
+    Err(BrokerError::NotListening(internal))
 }
 
 #[cfg(test)]
@@ -99,16 +140,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn busy_port_is_a_clear_error() {
-        let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = taken.local_addr().expect("addr");
-        let err = start_embedded(addr, 1 << 20).expect_err("port busy");
-        assert!(err.to_string().contains("--mqtt-url"), "{err}");
+    fn segments_hold_a_full_packet() {
+        let c = broker_config(
+            "127.0.0.1:1883".parse().expect("addr"),
+            64 << 20,
+            "t".into(),
+        );
+        assert!(c.router.max_segment_size >= 64 << 20);
     }
 
     #[test]
-    fn segments_hold_a_full_packet() {
-        let c = broker_config("127.0.0.1:1883".parse().expect("addr"), 64 << 20);
-        assert!(c.router.max_segment_size >= 64 << 20);
+    fn tokens_are_random_and_compared_exactly() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert!(same_secret(a.as_bytes(), a.as_bytes()));
+        assert!(!same_secret(a.as_bytes(), b.as_bytes()));
+        assert!(!same_secret(a.as_bytes(), &a.as_bytes()[..63]));
     }
 }
