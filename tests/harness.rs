@@ -181,6 +181,27 @@ pub fn http_get(url: &str, token: Option<&str>) -> Result<(u16, Value)> {
     Ok((status, body))
 }
 
+/// HTTP POST of a JSON body (or none) returning status and JSON body.
+pub fn http_post(url: &str, token: Option<&str>, body: Option<&Value>) -> Result<(u16, Value)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut req = agent.post(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = match body {
+        Some(b) => req.send_json(b),
+        None => req.send_empty(),
+    }
+    .with_context(|| format!("POST {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
 /// A running `edgeqi-aggregator` on ephemeral ports.
 #[derive(Debug)]
 pub struct Aggregator {
@@ -191,6 +212,10 @@ pub struct Aggregator {
     pub mqtt_port: u16,
     external: Option<String>,
     env: Vec<(String, String)>,
+    /// Embedded broker: let clients in without credentials (the default
+    /// here, so tests about other things need not provision nodes).
+    anonymous: bool,
+    extra_args: Vec<String>,
 }
 
 impl Aggregator {
@@ -223,7 +248,64 @@ impl Aggregator {
             },
             external: external_url,
             env,
+            anonymous: true,
+            extra_args: Vec::new(),
         })
+    }
+
+    /// Embedded broker with anonymous access off, as in production: agents
+    /// need credentials from [`Aggregator::provision`].
+    pub fn secure(mut self) -> Self {
+        self.anonymous = false;
+        self
+    }
+
+    /// An extra command-line argument for every (re)start.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Provisions `node_id` (in a tenant "e2e") through the API and returns
+    /// its MQTT (username, password).
+    pub fn provision(&self, node_id: &str) -> Result<(String, String)> {
+        let (_, tenants) = http_get(&self.api("/api/v1/tenants"), Some(ADMIN_TOKEN))?;
+        let existing = tenants["items"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["name"] == "e2e"))
+            .and_then(|t| t["id"].as_i64());
+        let tenant = match existing {
+            Some(id) => id,
+            None => {
+                let (status, t) = http_post(
+                    &self.api("/api/v1/tenants"),
+                    Some(ADMIN_TOKEN),
+                    Some(&serde_json::json!({"name": "e2e"})),
+                )?;
+                if status != 201 {
+                    bail!("POST /api/v1/tenants: HTTP {status}: {t}");
+                }
+                t["id"].as_i64().context("tenant id")?
+            }
+        };
+        let (status, body) = http_post(
+            &self.api("/api/v1/nodes"),
+            Some(ADMIN_TOKEN),
+            Some(&serde_json::json!({"node_id": node_id, "tenant_id": tenant})),
+        )?;
+        if status != 201 {
+            bail!("POST /api/v1/nodes: HTTP {status}: {body}");
+        }
+        Ok((
+            body["mqtt"]["username"]
+                .as_str()
+                .context("username")?
+                .to_owned(),
+            body["mqtt"]["password"]
+                .as_str()
+                .context("password")?
+                .to_owned(),
+        ))
     }
 
     pub fn db_url(&self) -> String {
@@ -265,6 +347,10 @@ impl Aggregator {
                 .arg("--mqtt-listen")
                 .arg(format!("127.0.0.1:{}", self.mqtt_port)),
         };
+        if self.anonymous && self.external.is_none() {
+            cmd.arg("--mqtt-allow-anonymous");
+        }
+        cmd.args(&self.extra_args);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -433,8 +519,14 @@ impl Mosquitto {
 
 /// Runs `mosquitto_pub` (a client this project did not write).
 pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8]) -> Result<()> {
+    mosquitto_pub_with(port, topic, payload, &[])
+}
+
+/// `mosquitto_pub` with extra arguments (`-u`, `-P`, `-i`, `--cafile` …).
+pub fn mosquitto_pub_with(port: u16, topic: &str, payload: &[u8], extra: &[&str]) -> Result<()> {
     use std::io::Write;
     let mut child = Command::new("mosquitto_pub")
+        .args(extra)
         .args([
             "-h",
             "127.0.0.1",

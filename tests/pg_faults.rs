@@ -162,6 +162,7 @@ fn database_outage_stops_acks_and_loses_nothing() -> Result<()> {
         .arg(format!("127.0.0.1:{http_port}"))
         .arg("--mqtt-listen")
         .arg(format!("127.0.0.1:{mqtt_port}"))
+        .arg("--mqtt-allow-anonymous")
         .arg("--database-url")
         .arg(pg.url())
         .env("RUST_LOG", "info,rumqttd=warn")
