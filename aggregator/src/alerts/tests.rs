@@ -72,6 +72,8 @@ async fn harness() -> Harness {
         reviews: crate::reviews::ReviewStore::open(&url).expect("reviews"),
         alerts,
         metrics: None,
+        node_credentials: crate::accounts::node_credentials::NodeCredentials::open(&url)
+            .expect("node credentials"),
     };
     Harness {
         _dir: dir,
@@ -873,14 +875,9 @@ async fn line_crossings_fire_through_real_mqtt_ingest() {
     use rumqttc::{AsyncClient, MqttOptions, QoS};
 
     let h = harness().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let addr =
-        crate::broker::start_embedded(std::net::SocketAddr::from(([127, 0, 0, 1], port)), 1 << 20)
-            .expect("broker");
+    // rumqttd itself (no gateway): every client logs in with its internal token.
+    let broker = crate::broker::start_embedded(1 << 20).expect("broker");
+    let addr = broker.internal;
     let health = Arc::new(crate::ingest::IngestHealth::default());
     let (_stop, stop_rx) = watch::channel(false);
     tokio::spawn(crate::ingest::run(
@@ -889,10 +886,11 @@ async fn line_crossings_fire_through_real_mqtt_ingest() {
                 host: addr.ip().to_string(),
                 port: addr.port(),
                 tls: false,
+                credentials: None,
             },
             client_id: "alerts-test-ingest".into(),
-            username: None,
-            password: None,
+            username: Some("alerts-test-ingest".into()),
+            password: Some(broker.token.to_string()),
             keep_alive: Duration::from_secs(10),
             max_packet_size: 1 << 20,
             group_max_detections: 1000,
@@ -928,6 +926,7 @@ async fn line_crossings_fire_through_real_mqtt_ingest() {
     assert!(health.connected.load(Ordering::Relaxed), "ingest connected");
     let mut opts = MqttOptions::new("alerts-test-agent", addr.ip().to_string(), addr.port());
     opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_credentials("alerts-test-agent", broker.token.to_string());
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let now = Utc::now();

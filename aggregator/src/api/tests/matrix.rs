@@ -245,6 +245,13 @@ fn rows() -> Vec<Row> {
             ..row("POST", "/api/v1/nodes", |_, _| "/api/v1/nodes".into())
         },
         Row {
+            role: "admin",
+            other: Other::Hidden,
+            ..row("POST", "/api/v1/nodes/{id}/credentials", |_, _| {
+                "/api/v1/nodes/gate-tenant-a/credentials".into()
+            })
+        },
+        Row {
             other: Other::Hidden,
             ..row("GET", "/api/v1/nodes/{id}", |_, _| {
                 "/api/v1/nodes/gate-tenant-a".into()
