@@ -452,7 +452,11 @@ pub fn open(
             width,
             height,
         } => Box::new(nokhwa_cam::NokhwaSource::open(
-            camera_id, device, *width, *height,
+            camera_id,
+            device,
+            *width,
+            *height,
+            opts.stall_timeout,
         )?),
         #[cfg(feature = "gstreamer")]
         SourceSpec::Rtsp { .. } | SourceSpec::File { .. } | SourceSpec::V4l2 { .. } => {

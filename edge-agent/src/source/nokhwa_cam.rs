@@ -3,6 +3,8 @@
 //! not installed. Frames are decoded to RGB by nokhwa itself.
 
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 use chrono::Utc;
 use nokhwa::pixel_format::RgbFormat;
@@ -12,11 +14,18 @@ use nokhwa::Camera;
 use super::{FrameSource, SourceError};
 use crate::frame::Frame;
 
-/// See the module doc.
+/// A decoded frame (width, height, RGB) or why there is none.
+type Captured = Result<(u32, u32, Vec<u8>), SourceError>;
+
+/// See the module doc. nokhwa's `Camera` may not leave the thread that
+/// opened it, so it lives on a capture thread of its own and frames come
+/// over a one-slot channel; dropping the source ends that thread at its
+/// next frame.
 pub struct NokhwaSource {
     camera_id: String,
     what: String,
-    camera: Camera,
+    frames: Receiver<Captured>,
+    stall_timeout: Duration,
     seq: u64,
 }
 
@@ -35,6 +44,7 @@ impl NokhwaSource {
         device: &Path,
         width: Option<u32>,
         height: Option<u32>,
+        stall_timeout: Duration,
     ) -> Result<Self, SourceError> {
         let what = format!("v4l2://{}", device.display());
         let err = |reason: String| SourceError::Open {
@@ -58,13 +68,60 @@ impl NokhwaSource {
             ),
             _ => RequestedFormat::new::<RgbFormat>(RequestedFormatType::AbsoluteHighestFrameRate),
         };
-        let mut camera =
-            Camera::new(CameraIndex::Index(index), requested).map_err(|e| err(e.to_string()))?;
-        camera.open_stream().map_err(|e| err(e.to_string()))?;
+        let (opened_tx, opened_rx) = sync_channel::<Result<(), String>>(1);
+        let (tx, frames) = sync_channel::<Captured>(1);
+        let thread_what = what.clone();
+        std::thread::Builder::new()
+            .name(format!("nokhwa-{camera_id}"))
+            .spawn(move || {
+                let camera = Camera::new(CameraIndex::Index(index), requested)
+                    .and_then(|mut c| c.open_stream().map(|()| c));
+                let mut camera = match camera {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                if opened_tx.send(Ok(())).is_err() {
+                    return;
+                }
+                loop {
+                    let captured = match camera.frame() {
+                        Ok(buffer) => buffer
+                            .decode_image::<RgbFormat>()
+                            .map(|rgb| (rgb.width(), rgb.height(), rgb.into_raw()))
+                            .map_err(|e| SourceError::Decode {
+                                what: thread_what.clone(),
+                                reason: e.to_string(),
+                            }),
+                        Err(e) => Err(SourceError::Stream {
+                            what: thread_what.clone(),
+                            reason: e.to_string(),
+                        }),
+                    };
+                    let failed = matches!(captured, Err(SourceError::Stream { .. }));
+                    // The source was dropped: stop capturing.
+                    if tx.send(captured).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| err(format!("cannot start the capture thread: {e}")))?;
+        match opened_rx.recv_timeout(stall_timeout) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(err(reason)),
+            Err(_) => {
+                return Err(err(format!(
+                    "the camera did not open within {stall_timeout:?}"
+                )))
+            }
+        }
         Ok(Self {
             camera_id: camera_id.to_owned(),
             what,
-            camera,
+            frames,
+            stall_timeout,
             seq: 0,
         })
     }
@@ -72,23 +129,28 @@ impl NokhwaSource {
 
 impl FrameSource for NokhwaSource {
     fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
-        let buffer = self.camera.frame().map_err(|e| SourceError::Stream {
-            what: self.what.clone(),
-            reason: e.to_string(),
-        })?;
-        let rgb = buffer
-            .decode_image::<RgbFormat>()
-            .map_err(|e| SourceError::Decode {
-                what: self.what.clone(),
-                reason: e.to_string(),
-            })?;
+        let (width, height, rgb) = match self.frames.recv_timeout(self.stall_timeout) {
+            Ok(captured) => captured?,
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(SourceError::Stalled {
+                    what: self.what.clone(),
+                    after: self.stall_timeout,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(SourceError::Stream {
+                    what: self.what.clone(),
+                    reason: "the capture thread stopped".into(),
+                })
+            }
+        };
         let frame = Frame {
             camera_id: self.camera_id.clone(),
             ts: Utc::now(),
             seq: self.seq,
-            width: rgb.width(),
-            height: rgb.height(),
-            rgb: rgb.into_raw(),
+            width,
+            height,
+            rgb,
         };
         self.seq += 1;
         Ok(Some(frame))
