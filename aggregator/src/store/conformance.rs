@@ -600,6 +600,11 @@ async fn postgres_refuses_a_newer_schema_and_uses_indexes() {
         });
         assert!(!plan.contains("Seq Scan") && !sorts, "{q:?}: {plan}");
     }
+    let plan = store.explain_detection_by_id(42).await.expect("explain");
+    assert!(
+        plan.contains("Index Scan") && !plan.contains("Seq Scan"),
+        "one detection by id: {plan}"
+    );
     drop(store);
     let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
