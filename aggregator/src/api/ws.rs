@@ -34,7 +34,7 @@ pub struct LiveFilter {
     /// Set by the server from the caller's tenant, never by the client.
     #[serde(skip)]
     pub allowed_nodes: Option<Vec<String>>,
-    /// The caller's tenant (server-set); alerts are scoped by it.
+    /// The caller's tenant (server-set); alerts and incidents are scoped by it.
     #[serde(skip)]
     pub tenant_id: Option<i64>,
 }
@@ -60,11 +60,13 @@ fn comma_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<St
 
 impl LiveFilter {
     pub fn matches(&self, e: &LiveEvent) -> bool {
-        if let LiveEvent::Alert(a) = e {
-            // An alert belongs to its rule's tenant, not to the node's: a
-            // tenant's client sees its own rules' alerts only.
+        if let LiveEvent::Alert(v) | LiveEvent::Incident(v) = e {
+            // Alerts and incidents carry their tenant (a rule's, an
+            // incident's), not a node: a tenant's client sees its own only,
+            // like GET /incidents; tenantless ones (citizen reports) are for
+            // global callers.
             if self.tenant_id.is_some()
-                && a.get("tenant_id").and_then(|t| t.as_i64()) != self.tenant_id
+                && v.get("tenant_id").and_then(|t| t.as_i64()) != self.tenant_id
             {
                 return false;
             }
@@ -197,4 +199,27 @@ fn describe(f: &LiveFilter) -> serde_json::Value {
         "types": f.types, "node_id": f.node_id, "camera_id": f.camera_id,
         "label": f.label, "min_score": f.min_score,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_tenant_sees_its_own_incidents_only() {
+        let tenant = LiveFilter {
+            tenant_id: Some(1),
+            allowed_nodes: Some(vec!["gate-01".into()]),
+            ..LiveFilter::default()
+        };
+        let global = LiveFilter::default();
+        let incident = |t: serde_json::Value| LiveEvent::Incident(json!({"id": 7, "tenant_id": t}));
+        assert!(tenant.matches(&incident(json!(1))));
+        assert!(!tenant.matches(&incident(json!(2))));
+        assert!(!tenant.matches(&incident(serde_json::Value::Null)));
+        for t in [json!(1), json!(2), serde_json::Value::Null] {
+            assert!(global.matches(&incident(t)));
+        }
+    }
 }
