@@ -61,12 +61,24 @@ pub fn bin(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before in this
+/// test process: tests run in parallel, and one that keeps a port unused on
+/// purpose (a broker that is not there yet) must not see another test's
+/// server appear on it — that once connected one test's agent to another
+/// test's aggregator.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("an ephemeral port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout`.
@@ -443,6 +455,34 @@ impl Agent {
             })
             .ok();
         Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// Waits until the source has finished and everything it produced was
+    /// acknowledged: nothing pending and no new detection for three polls
+    /// in a row (4.5 s — one quiet poll is not enough on a loaded machine,
+    /// where a live source can pause that long between frames). Returns the
+    /// outbox's `enqueued_detections`.
+    pub fn wait_drained(&self, timeout: Duration) -> Result<u64> {
+        let (mut last, mut quiet) = (u64::MAX, 0);
+        wait_for(
+            "the outbox to drain and the source to finish",
+            timeout,
+            || {
+                let enq = self.outbox_counter("enqueued_detections").ok()?;
+                let pending = self.outbox_pending().ok()?;
+                quiet = if pending == 0 && enq == last && enq > 0 {
+                    quiet + 1
+                } else {
+                    0
+                };
+                last = enq;
+                if quiet >= 3 {
+                    return Some(enq);
+                }
+                std::thread::sleep(Duration::from_millis(1500));
+                None
+            },
+        )
     }
 
     pub fn outbox_pending(&self) -> Result<u64> {

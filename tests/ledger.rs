@@ -35,19 +35,7 @@ fps = 30
 /// Waits until the agent's source is done and its outbox is empty, then
 /// checks that the aggregator stored exactly what the outbox accepted.
 fn assert_exactly_once(agg: &Aggregator, agent: &Agent) -> Result<u64> {
-    let mut last = u64::MAX;
-    wait_for(
-        "the outbox to drain and the source to finish",
-        Duration::from_secs(90),
-        || {
-            let enq = agent.outbox_counter("enqueued_detections").ok()?;
-            let pending = agent.outbox_pending().ok()?;
-            let stable = enq == last;
-            last = enq;
-            std::thread::sleep(Duration::from_millis(1500));
-            (pending == 0 && stable && enq > 0).then_some(())
-        },
-    )?;
+    agent.wait_drained(Duration::from_secs(90))?;
     let enqueued = agent.outbox_counter("enqueued_detections")?;
     let batches = agent.outbox_counter("enqueued_batches")?;
     ensure!(

@@ -299,19 +299,7 @@ fps = 30
     )?;
 
     // Drain, then exactly what the outbox accepted is stored, once.
-    let mut last = u64::MAX;
-    wait_for(
-        "outbox drained and source finished",
-        Duration::from_secs(120),
-        || {
-            let enq = agent.outbox_counter("enqueued_detections").ok()?;
-            let pending = agent.outbox_pending().ok()?;
-            let stable = enq == last;
-            last = enq;
-            std::thread::sleep(Duration::from_millis(1500));
-            (pending == 0 && stable && enq > 0).then_some(())
-        },
-    )?;
+    agent.wait_drained(Duration::from_secs(120))?;
     let enqueued = agent.outbox_counter("enqueued_detections")?;
     ensure!(
         agent.outbox_counter("shed_detections")? == 0,
