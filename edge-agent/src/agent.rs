@@ -20,11 +20,12 @@ use tokio::sync::mpsc;
 use tokio::time::{interval, sleep_until, MissedTickBehavior};
 
 use crate::batcher::Batcher;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, CameraConfig};
 use crate::delivery::{AckResult, Delivery};
 use crate::heartbeat::{AgentState, SystemProbe};
 use crate::outbox::{Appended, Outbox, OutboxError};
 use crate::pipeline::{Analytics, Pipelines};
+use crate::remote_config::{Received, RemoteConfigState};
 use crate::uplink::{Session, Uplink, UplinkEvent};
 use crate::{detect, systemd};
 
@@ -88,6 +89,11 @@ struct Agent {
     delivery: Delivery,
     uplink: Uplink,
     batcher: Batcher,
+    /// The remote config from the aggregator and the cameras as the config
+    /// file has them (what a camera falls back to when the remote config
+    /// stops listing it).
+    remote: RemoteConfigState,
+    local_cameras: Vec<CameraConfig>,
 }
 
 impl Agent {
@@ -108,7 +114,9 @@ impl Agent {
         }
     }
 
-    fn handle(&mut self, event: UplinkEvent) {
+    /// Handles one uplink event; true when a remote config arrived that was
+    /// applied or refused (the cameras and the aggregator should hear of it).
+    fn handle(&mut self, event: UplinkEvent) -> bool {
         let now = Instant::now();
         match event {
             UplinkEvent::Connected => {
@@ -123,10 +131,16 @@ impl Agent {
                 );
             }
             UplinkEvent::Disconnected => self.delivery.on_disconnected(),
+            UplinkEvent::Message { topic, payload } if topic == self.uplink.topics().config => {
+                return matches!(
+                    self.remote.receive(&payload),
+                    Received::Applied { .. } | Received::Rejected(_)
+                );
+            }
             UplinkEvent::Message { topic, payload } => {
                 if topic != self.uplink.topics().ack {
                     tracing::debug!(%topic, "ignoring a message on an unexpected topic");
-                    return;
+                    return false;
                 }
                 let ack: Ack = match decode(
                     &self.config.node_id,
@@ -136,7 +150,7 @@ impl Agent {
                     Ok(a) => a,
                     Err(reason) => {
                         tracing::warn!(%topic, code = reason.code(), %reason, "ignoring a malformed ack");
-                        return;
+                        return false;
                     }
                 };
                 match self
@@ -151,6 +165,44 @@ impl Agent {
                 }
             }
         }
+        false
+    }
+
+    /// Publishes a heartbeat now (when connected).
+    fn heartbeat(&self, probe: &mut SystemProbe, pipelines: &Pipelines, detector: &str) {
+        if !self.delivery.is_connected() {
+            return;
+        }
+        let hb = probe.heartbeat(AgentState {
+            node_id: &self.config.node_id,
+            interval_s: self
+                .config
+                .heartbeat_interval
+                .as_secs()
+                .clamp(1, u64::from(u32::MAX)) as u32,
+            detector,
+            fps: pipelines.fps(),
+            outbox: self
+                .outbox
+                .health()
+                .map_err(|e| tracing::warn!(error = %e, "outbox health unavailable"))
+                .ok(),
+            cameras: pipelines.health(),
+            config_version: self.remote.version(),
+            config_error: self.remote.rejection().cloned(),
+            config_unknown_cameras: self.remote.unknown_cameras(&self.local_cameras),
+        });
+        self.uplink.publish_heartbeat(&hb);
+    }
+
+    /// Hands the cameras what the remote config now says about them.
+    fn reconfigure_cameras(&self, pipelines: &mut Pipelines) {
+        let changed = pipelines.reconfigure(&self.remote.settings(&self.local_cameras));
+        let unknown = self.remote.unknown_cameras(&self.local_cameras);
+        if !unknown.is_empty() {
+            tracing::warn!(?unknown, "the remote config names cameras this agent does not have; add them to the config file or fix their ids in the registry");
+        }
+        tracing::info!(version = ?self.remote.version(), ?changed, "remote config in effect");
     }
 }
 
@@ -184,7 +236,7 @@ async fn shutdown_signal() {
 }
 
 /// Runs until SIGTERM/SIGINT.
-pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let outbox_path = config.outbox_path();
     let outbox = Outbox::open(&outbox_path, config.outbox.max_bytes)?;
     tracing::info!(
@@ -194,6 +246,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         backlog = outbox.backlog()?,
         "outbox open"
     );
+    // The saved remote config applies from the first frame, broker or not.
+    let remote = RemoteConfigState::load(
+        &config.data_dir,
+        &config.node_id,
+        config.mqtt.max_packet_size as usize,
+    );
+    let local_cameras = config.cameras.clone();
+    config.cameras = remote.merged(&local_cameras);
     detect::announce(&config);
     let detector_name = detect::name(&config);
     if config.cameras.is_empty() {
@@ -202,7 +262,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let (det_tx, mut det_rx) = mpsc::channel(DETECTION_CHANNEL);
     let (an_tx, mut an_rx) = mpsc::channel(ANALYTICS_CHANNEL);
-    let pipelines =
+    let mut pipelines =
         Pipelines::start(&config, det_tx, Some(an_tx)).context("cannot start camera threads")?;
     let mut pending_events = PendingEvents::default();
     let mut event_flush = interval(EVENT_FLUSH);
@@ -228,6 +288,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         delivery,
         uplink,
         batcher,
+        remote,
+        local_cameras,
     };
     systemd::ready();
 
@@ -267,26 +329,20 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 agent.store(batch);
             }
             ev = ev_rx.recv() => match ev {
-                Some(ev) => agent.handle(ev),
+                Some(ev) => {
+                    if agent.handle(ev) {
+                        agent.reconfigure_cameras(&mut pipelines);
+                        // Tell the aggregator right away, not at the next tick.
+                        agent.heartbeat(&mut probe, &pipelines, &detector_name);
+                    }
+                }
                 None => anyhow::bail!("the MQTT event loop stopped unexpectedly"),
             },
             _ = delivery_tick.tick() => {
                 let r = agent.delivery.on_tick(&agent.outbox, &mut agent.uplink, Instant::now());
                 report(r);
             }
-            _ = heartbeat.tick() => {
-                if agent.delivery.is_connected() {
-                    let hb = probe.heartbeat(AgentState {
-                        node_id: &agent.config.node_id,
-                        interval_s: agent.config.heartbeat_interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
-                        detector: &detector_name,
-                        fps: pipelines.fps(),
-                        outbox: agent.outbox.health().map_err(|e| tracing::warn!(error = %e, "outbox health unavailable")).ok(),
-                        cameras: pipelines.health(),
-                    });
-                    agent.uplink.publish_heartbeat(&hb);
-                }
-            }
+            _ = heartbeat.tick() => agent.heartbeat(&mut probe, &pipelines, &detector_name),
             _ = watchdog.tick(), if watchdog_every.is_some() => systemd::watchdog_ping(),
         }
     }
@@ -317,7 +373,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::time::sleep_until(until) => break,
             ev = ev_rx.recv() => match ev {
-                Some(ev) => agent.handle(ev),
+                Some(ev) => {
+                    // A config arriving while stopping is applied at the next start.
+                    agent.handle(ev);
+                }
                 None => break,
             },
             _ = tick.tick() => {
@@ -414,6 +473,13 @@ pub async fn deliver_recording(
             config.outbox.batch_max_detections,
             config.outbox.batch_max_age,
         ),
+        // A recording does not subscribe to the remote config.
+        remote: RemoteConfigState::empty(
+            &config.data_dir,
+            &config.node_id,
+            config.mqtt.max_packet_size as usize,
+        ),
+        local_cameras: config.cameras.clone(),
     };
     let mut sent = Delivered {
         broker: config.mqtt.url.to_string(),
@@ -468,7 +534,9 @@ pub async fn deliver_recording(
         tokio::select! {
             _ = tokio::time::sleep_until(until) => break,
             ev = ev_rx.recv() => match ev {
-                Some(ev) => agent.handle(ev),
+                Some(ev) => {
+                    agent.handle(ev);
+                }
                 None => break,
             },
             _ = tick.tick() => {

@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edgeqi_shared::camera;
 use edgeqi_shared::config::{ByteSize, ConfigDoc, ConfigErrors, HumanDuration};
 use edgeqi_shared::protocol::MAX_DETECTIONS_PER_BATCH;
 use edgeqi_shared::topic::is_valid_node_id;
@@ -77,8 +78,9 @@ pub const fn default_stall_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-/// Upper bound for a camera's `fps`: the agent samples, it does not record.
-pub const MAX_CAMERA_FPS: f64 = 60.0;
+/// Upper bound for a camera's `fps` and `detect_fps`: the agent samples, it
+/// does not record.
+pub const MAX_CAMERA_FPS: f64 = camera::MAX_DETECT_FPS;
 /// Largest JSON size of one detection we expect (long ids, every field set);
 /// used to check that a full batch fits `mqtt.max_packet_size`.
 const MAX_DETECTION_JSON_BYTES: u64 = 400;
@@ -949,19 +951,22 @@ struct CameraExtras {
     masks: Vec<Vec<Point>>,
 }
 
+/// A zone as the file writes it; unknown keys are typos, so refused. The
+/// checks are the shared ones ([`edgeqi_shared::camera`]) that the
+/// aggregator's registry runs too.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ZoneToml {
     id: String,
-    polygon: Vec<Point>,
+    polygon: Vec<camera::Point>,
 }
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LineToml {
     id: String,
-    from: Point,
-    to: Point,
+    from: camera::Point,
+    to: camera::Point,
 }
 
 fn normalised(p: &Point) -> bool {
@@ -981,7 +986,9 @@ fn read_camera_extras(
     };
     if let Some(v) = table.get("detect_fps") {
         match number(v) {
-            Some(f) if f > 0.0 && f <= MAX_CAMERA_FPS => x.detect_fps = Some(f),
+            Some(f) if camera::check_detect_fps("detect_fps", f).is_none() => {
+                x.detect_fps = Some(f)
+            }
             _ => doc.problem(
                 &key("detect_fps"),
                 format!("must be a number in (0, {MAX_CAMERA_FPS}]"),
@@ -1019,23 +1026,19 @@ fn read_camera_extras(
     if let Some(v) = table.get("zones") {
         match v.clone().try_into::<Vec<ZoneToml>>() {
             Ok(zones) => {
-                for (j, z) in zones.into_iter().enumerate() {
-                    if z.polygon.len() < 3 || !z.polygon.iter().all(normalised) {
-                        doc.problem(
-                            &key(&format!("zones[{j}].polygon")),
-                            "needs at least 3 [x, y] points, each coordinate in 0..=1 (fractions of the frame)",
-                        );
-                    } else if !is_valid_node_id(&z.id) {
-                        doc.problem(
-                            &key(&format!("zones[{j}].id")),
-                            "use 1 to 64 of A-Z a-z 0-9 _ -",
-                        );
-                    } else {
-                        x.zones.push(Zone {
-                            id: z.id,
-                            polygon: z.polygon,
-                        });
-                    }
+                let specs: Vec<camera::ZoneSpec> = zones
+                    .into_iter()
+                    .map(|z| camera::ZoneSpec {
+                        id: z.id,
+                        polygon: z.polygon,
+                    })
+                    .collect();
+                let problems = camera::check_zones(&key(""), &specs);
+                if problems.is_empty() {
+                    x.zones = specs.iter().map(Zone::from).collect();
+                }
+                for p in problems {
+                    doc.problem(&p.field, p.message);
                 }
             }
             Err(e) => doc.problem(
@@ -1050,24 +1053,20 @@ fn read_camera_extras(
     if let Some(v) = table.get("lines") {
         match v.clone().try_into::<Vec<LineToml>>() {
             Ok(lines) => {
-                for (j, l) in lines.into_iter().enumerate() {
-                    if !normalised(&l.from) || !normalised(&l.to) || l.from == l.to {
-                        doc.problem(
-                            &key(&format!("lines[{j}]")),
-                            "from and to must be two different [x, y] points with coordinates in 0..=1",
-                        );
-                    } else if !is_valid_node_id(&l.id) {
-                        doc.problem(
-                            &key(&format!("lines[{j}].id")),
-                            "use 1 to 64 of A-Z a-z 0-9 _ -",
-                        );
-                    } else {
-                        x.lines.push(Line {
-                            id: l.id,
-                            from: l.from,
-                            to: l.to,
-                        });
-                    }
+                let specs: Vec<camera::LineSpec> = lines
+                    .into_iter()
+                    .map(|l| camera::LineSpec {
+                        id: l.id,
+                        from: l.from,
+                        to: l.to,
+                    })
+                    .collect();
+                let problems = camera::check_lines(&key(""), &specs);
+                if problems.is_empty() {
+                    x.lines = specs.iter().map(Line::from).collect();
+                }
+                for p in problems {
+                    doc.problem(&p.field, p.message);
                 }
             }
             Err(e) => doc.problem(

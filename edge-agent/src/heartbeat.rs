@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::Utc;
-use edgeqi_shared::{CameraHealth, Heartbeat, OutboxHealth, PROTOCOL_VERSION};
+use edgeqi_shared::{CameraHealth, ConfigRejection, Heartbeat, OutboxHealth, PROTOCOL_VERSION};
 use sysinfo::{Components, Disks, System};
 
 /// Reads system figures; kept between heartbeats because CPU usage is a
@@ -31,6 +31,11 @@ pub struct AgentState<'a> {
     pub fps: f32,
     pub outbox: Option<OutboxHealth>,
     pub cameras: Vec<CameraHealth>,
+    /// Remote config version running, the last refusal, cameras it names
+    /// that this agent does not have.
+    pub config_version: Option<u64>,
+    pub config_error: Option<ConfigRejection>,
+    pub config_unknown_cameras: Vec<String>,
 }
 
 impl SystemProbe {
@@ -93,6 +98,9 @@ impl SystemProbe {
             detector: Some(state.detector.to_owned()),
             outbox: state.outbox,
             cameras: state.cameras,
+            config_version: state.config_version,
+            config_error: state.config_error,
+            config_unknown_cameras: state.config_unknown_cameras,
         }
     }
 }
@@ -116,11 +124,15 @@ mod tests {
                 ..OutboxHealth::default()
             }),
             cameras: vec![],
+            config_version: Some(2),
+            config_error: None,
+            config_unknown_cameras: vec![],
         });
         assert_eq!(hb.backlog, 3);
         assert!(hb.mem_total_bytes > 0);
         let back: Heartbeat =
             decode("n1", &encode(&hb), DEFAULT_MAX_PAYLOAD_BYTES).expect("decodes");
         assert_eq!(back.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(back.config_version, Some(2));
     }
 }

@@ -16,6 +16,7 @@ mod motion_gate;
 mod outbox;
 mod pipeline;
 mod process_cli;
+mod remote_config;
 mod sampler;
 mod snapshot;
 mod source;

@@ -32,7 +32,7 @@ use crate::sampler::{DetectPacer, LatestFrame, Taken};
 use crate::snapshot::{SnapshotKeeper, SnapshotMeta};
 use crate::source::{self, OpenOptions, SourceError};
 use crate::tracker::{Track, Tracker};
-use crate::zones::{GeoEvent, ZoneLines, DEFAULT_LINE_MARGIN};
+use crate::zones::{GeoEvent, Line, Zone, ZoneLines, DEFAULT_LINE_MARGIN};
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -70,10 +70,33 @@ pub enum Analytics {
 
 type SharedHealth = Arc<Mutex<CameraHealth>>;
 
-fn lock(h: &SharedHealth) -> MutexGuard<'_, CameraHealth> {
-    // A panic elsewhere must not take health reporting down with it.
+fn lock<T>(h: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take health reporting (or config updates) down with it.
     h.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// The part of a camera's configuration that can change while it runs (a
+/// remote config from the aggregator): swapped into its [`Analyzer`]
+/// between two frames, without restarting capture or losing tracks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    pub detect_fps: Option<f64>,
+    pub zones: Vec<Zone>,
+    pub lines: Vec<Line>,
+}
+
+impl LiveSettings {
+    pub fn of(camera: &CameraConfig) -> Self {
+        Self {
+            detect_fps: camera.detect_fps,
+            zones: camera.zones.clone(),
+            lines: camera.lines.clone(),
+        }
+    }
+}
+
+/// A settings change waiting for a camera's analysis thread to pick it up.
+type PendingSettings = Arc<Mutex<Option<LiveSettings>>>;
 
 /// A random id for this agent run, so track keys and event ids stay unique
 /// across restarts (track ids start at 1 again).
@@ -87,6 +110,7 @@ pub struct Analyzer {
     camera_id: String,
     run_id: String,
     detector: Box<dyn Detector>,
+    detect_fps: Option<f64>,
     pacer: DetectPacer,
     gate: MotionGate,
     tracker: Tracker,
@@ -137,6 +161,7 @@ impl Analyzer {
             camera_id: camera.id.clone(),
             run_id: run_id.to_owned(),
             detector,
+            detect_fps: camera.detect_fps,
             pacer: DetectPacer::new(camera.detect_fps),
             gate: MotionGate::new(config.motion_gate.clone(), camera.masks.clone()),
             tracker: Tracker::new(tracker),
@@ -153,6 +178,23 @@ impl Analyzer {
 
     pub fn detector_name(&self) -> &str {
         self.detector.name()
+    }
+
+    /// Applies new live settings at `ts`; returns the zone exits of tracks
+    /// whose zone was removed (see [`ZoneLines::replace`]). Tracks, the
+    /// motion gate's background and line totals of kept lines carry on.
+    pub fn reconfigure(&mut self, settings: LiveSettings, ts: DateTime<Utc>) -> Vec<TrackEvent> {
+        if settings.detect_fps != self.detect_fps {
+            self.detect_fps = settings.detect_fps;
+            self.pacer = DetectPacer::new(settings.detect_fps);
+        }
+        let left = self.zones.replace(settings.zones, settings.lines, ts);
+        left.into_iter()
+            .filter_map(|(track_id, g)| {
+                let track = self.tracker.get(track_id).cloned()?;
+                Some(self.geo_event(g, &track, ts))
+            })
+            .collect()
     }
 
     fn track_key(&self, track_id: u64) -> String {
@@ -321,6 +363,9 @@ pub struct Pipelines {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     health: Vec<SharedHealth>,
+    /// Per camera, in config order: id, what it runs with, and the slot its
+    /// analysis thread takes changes from.
+    live: Vec<(String, LiveSettings, PendingSettings)>,
 }
 
 impl Pipelines {
@@ -334,8 +379,11 @@ impl Pipelines {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut health = Vec::new();
+        let mut live = Vec::new();
         let run_id = new_run_id();
         for camera in &config.cameras {
+            let pending: PendingSettings = Arc::new(Mutex::new(None));
+            live.push((camera.id.clone(), LiveSettings::of(camera), pending.clone()));
             let h = Arc::new(Mutex::new(CameraHealth::new(&camera.id, state::CONNECTING)));
             let mailbox = Arc::new(LatestFrame::new());
             let capture = Capture {
@@ -356,6 +404,7 @@ impl Pipelines {
                 stop: stop.clone(),
                 health: h.clone(),
                 mailbox,
+                pending,
             };
             threads.push(
                 std::thread::Builder::new()
@@ -368,7 +417,26 @@ impl Pipelines {
             stop,
             threads,
             health,
+            live,
         })
+    }
+
+    /// Hands each camera its new live settings; cameras whose settings did
+    /// not change are left alone. Returns the ids of the cameras changed.
+    /// Analysis threads pick the change up before their next frame.
+    pub fn reconfigure(&mut self, settings: &[(String, LiveSettings)]) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (id, current, pending) in self.live.iter_mut() {
+            let Some((_, new)) = settings.iter().find(|(c, _)| c.as_str() == id.as_str()) else {
+                continue;
+            };
+            if *new != *current {
+                *current = new.clone();
+                *lock(&**pending) = Some(new.clone());
+                changed.push(id.clone());
+            }
+        }
+        changed
     }
 
     /// Health of every camera, in config order.
@@ -583,6 +651,7 @@ struct AnalysisWorker {
     stop: Arc<AtomicBool>,
     health: SharedHealth,
     mailbox: Arc<LatestFrame>,
+    pending: PendingSettings,
 }
 
 impl AnalysisWorker {
@@ -599,6 +668,19 @@ impl AnalysisWorker {
                 Taken::Closed => break,
             };
             last_ts = frame.ts;
+            let update = lock(&self.pending).take();
+            if let Some(settings) = update {
+                tracing::info!(camera = %frame.camera_id, zones = settings.zones.len(),
+                    lines = settings.lines.len(), detect_fps = ?settings.detect_fps,
+                    "camera settings changed; tracks carry on");
+                let events = self.analyzer.reconfigure(settings, frame.ts);
+                if !self.send(Analysis {
+                    events,
+                    ..Analysis::default()
+                }) {
+                    return;
+                }
+            }
             let result = match self.analyzer.analyze(&frame, started.elapsed()) {
                 Ok(r) => r,
                 Err(e) => {

@@ -53,6 +53,7 @@ pub struct Topics {
     pub heartbeat: String,
     pub status: String,
     pub ack: String,
+    pub config: String,
     pub events: String,
     pub snapshots: String,
 }
@@ -65,6 +66,7 @@ impl Topics {
             heartbeat: t(TopicKind::Heartbeat),
             status: t(TopicKind::Status),
             ack: t(TopicKind::Ack),
+            config: t(TopicKind::Config),
             events: AnalyticsKind::Events.topic(node_id),
             snapshots: AnalyticsKind::Snapshots.topic(node_id),
         }
@@ -248,7 +250,8 @@ impl Uplink {
         &self.topics
     }
 
-    /// After each ConnAck: listen for acks and (the daemon) say we are online.
+    /// After each ConnAck: listen for acks and, in the daemon, for the
+    /// remote config, and say we are online.
     pub fn announce(&self) {
         if let Err(e) = self
             .client
@@ -257,6 +260,20 @@ impl Uplink {
             tracing::warn!(error = %e, "could not queue the ack subscription");
         }
         if self.session == Session::Daemon {
+            // Unsubscribe first so the broker sends the retained config on
+            // every connect: rumqttd does not re-send retained messages for a
+            // subscription it restored from a persistent session (MQTT 3.1.1
+            // §3.8.4 says it should), and the saved copy may be gone.
+            if let Err(e) = self
+                .client
+                .try_unsubscribe(self.topics.config.clone())
+                .and_then(|()| {
+                    self.client
+                        .try_subscribe(self.topics.config.clone(), QoS::AtLeastOnce)
+                })
+            {
+                tracing::warn!(error = %e, "could not queue the config subscription");
+            }
             self.publish_status(true);
         }
     }

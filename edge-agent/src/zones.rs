@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use edgeqi_shared::camera::{LineSpec, ZoneSpec};
 use edgeqi_shared::protocol::line_direction;
 
 /// `[x, y]` in normalised frame coordinates.
@@ -24,6 +25,19 @@ pub type Point = [f32; 2];
 pub struct Zone {
     pub id: String,
     pub polygon: Vec<Point>,
+}
+
+impl From<&ZoneSpec> for Zone {
+    fn from(z: &ZoneSpec) -> Self {
+        Self {
+            id: z.id.clone(),
+            polygon: z
+                .polygon
+                .iter()
+                .map(|p| [p[0] as f32, p[1] as f32])
+                .collect(),
+        }
+    }
 }
 
 impl Zone {
@@ -53,6 +67,16 @@ pub struct Line {
     pub id: String,
     pub from: Point,
     pub to: Point,
+}
+
+impl From<&LineSpec> for Line {
+    fn from(l: &LineSpec) -> Self {
+        Self {
+            id: l.id.clone(),
+            from: [l.from[0] as f32, l.from[1] as f32],
+            to: [l.to[0] as f32, l.to[1] as f32],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +168,67 @@ impl ZoneLines {
 
     pub fn is_empty(&self) -> bool {
         self.zones.is_empty() && self.lines.is_empty()
+    }
+
+    /// Swaps in a new zone and line set while objects are being tracked
+    /// (a remote config applied at runtime), keeping what still holds:
+    ///
+    /// - a track stays in a zone whose id remains (if the polygon moved, its
+    ///   next position decides, as for any move); zones that are gone are
+    ///   left now, and those exits are returned with their dwell;
+    /// - a track's confirmed side of a line is kept when a line with the same
+    ///   id and the same end points remains, and forgotten otherwise (the
+    ///   next position confirms a side afresh, so no crossing is invented);
+    /// - line totals are kept for line ids that remain (they count since the
+    ///   agent started) and dropped for lines that are gone.
+    pub fn replace(
+        &mut self,
+        zones: Vec<Zone>,
+        lines: Vec<Line>,
+        ts: DateTime<Utc>,
+    ) -> Vec<(u64, GeoEvent)> {
+        let mut left = Vec::new();
+        // Old line index -> new index, for lines that did not move.
+        let kept: HashMap<usize, usize> = self
+            .lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, old)| lines.iter().position(|new| new == old).map(|j| (i, j)))
+            .collect();
+        let mut track_ids: Vec<u64> = self.tracks.keys().copied().collect();
+        track_ids.sort_unstable();
+        for id in track_ids {
+            let Some(geo) = self.tracks.get_mut(&id) else {
+                continue;
+            };
+            let gone: Vec<String> = geo
+                .zones
+                .keys()
+                .filter(|z| !zones.iter().any(|n| &n.id == *z))
+                .cloned()
+                .collect();
+            for zone in gone {
+                if let Some(since) = geo.zones.remove(&zone) {
+                    left.push((
+                        id,
+                        GeoEvent::ZoneLeft {
+                            zone,
+                            dwell_s: dwell(since, ts),
+                        },
+                    ));
+                }
+            }
+            geo.sides = std::mem::take(&mut geo.sides)
+                .into_iter()
+                .filter_map(|(i, side)| kept.get(&i).map(|j| (*j, side)))
+                .collect();
+        }
+        let remains = |key: &(String, String, &'static str)| lines.iter().any(|l| l.id == key.0);
+        self.counts.retain(|k, _| remains(k));
+        self.changed.retain(|k| remains(k));
+        self.zones = zones;
+        self.lines = lines;
+        left
     }
 
     /// The first zone (config order) holding `p`.
@@ -337,6 +422,88 @@ mod tests {
             .flat_map(|(i, y)| z.update(1, "car", [0.95, *y], t(i as i64)))
             .collect();
         assert!(ev.is_empty(), "x=0.95 is past the end of the line: {ev:?}");
+    }
+
+    #[test]
+    fn replacing_keeps_what_still_holds() {
+        let mut z = ZoneLines::new(
+            vec![
+                Zone {
+                    id: "top".into(),
+                    polygon: vec![[0.0, 0.0], [1.0, 0.0], [1.0, 0.4], [0.0, 0.4]],
+                },
+                Zone {
+                    id: "all".into(),
+                    polygon: vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]],
+                },
+            ],
+            vec![Line {
+                id: "mid".into(),
+                from: [0.1, 0.5],
+                to: [0.9, 0.5],
+            }],
+            DEFAULT_LINE_MARGIN,
+        );
+        walk(&mut z, 1, "car", &[0.2, 0.3]);
+        walk(&mut z, 2, "car", &[0.3, 0.7]); // crossed once already
+        assert_eq!(z.count("mid", "car", line_direction::LEFT_TO_RIGHT), 1);
+        // "top" goes away, "all" stays; "mid" stays as it was, "low" is new.
+        let left = z.replace(
+            vec![Zone {
+                id: "all".into(),
+                polygon: vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]],
+            }],
+            vec![
+                Line {
+                    id: "low".into(),
+                    from: [0.1, 0.8],
+                    to: [0.9, 0.8],
+                },
+                Line {
+                    id: "mid".into(),
+                    from: [0.1, 0.5],
+                    to: [0.9, 0.5],
+                },
+            ],
+            t(1000),
+        );
+        assert_eq!(
+            left,
+            [(
+                1,
+                GeoEvent::ZoneLeft {
+                    zone: "top".into(),
+                    dwell_s: 1.0
+                }
+            )]
+        );
+        assert_eq!(
+            z.count("mid", "car", line_direction::LEFT_TO_RIGHT),
+            1,
+            "totals of remaining lines are kept"
+        );
+        // Track 1 was confirmed above "mid" before the swap: crossing it now
+        // counts (its side survived the re-indexing), and no zone is re-entered.
+        let ev = z.update(1, "car", [0.5, 0.6], t(2000));
+        assert_eq!(
+            ev,
+            [GeoEvent::LineCrossed {
+                line: "mid".into(),
+                direction: line_direction::LEFT_TO_RIGHT
+            }]
+        );
+        // A moved line forgets sides: its first sighting on either side is no crossing.
+        z.replace(
+            vec![],
+            vec![Line {
+                id: "mid".into(),
+                from: [0.1, 0.65],
+                to: [0.9, 0.65],
+            }],
+            t(3000),
+        );
+        assert!(z.update(1, "car", [0.5, 0.7], t(4000)).is_empty());
+        assert!(z.take_changed_counts().iter().all(|c| c.0 == "mid"));
     }
 
     #[test]

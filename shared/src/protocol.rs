@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::camera::{check_cameras, describe, CameraSpec};
 use crate::topic::is_valid_node_id;
 
 /// The only protocol version this build speaks.
@@ -291,6 +292,30 @@ pub struct Heartbeat {
     pub outbox: Option<OutboxHealth>,
     #[serde(default)]
     pub cameras: Vec<CameraHealth>,
+    /// Version of the remote config ([`RemoteConfig`]) the node runs;
+    /// `None` when it runs its config file alone.
+    #[serde(default)]
+    pub config_version: Option<u64>,
+    /// The last remote config the node refused; it keeps running
+    /// `config_version`. Cleared when a later version applies.
+    #[serde(default)]
+    pub config_error: Option<ConfigRejection>,
+    /// Cameras of the applied remote config this node does not have (the
+    /// registry is ahead of the installer, or a camera id is mistyped).
+    #[serde(default)]
+    pub config_unknown_cameras: Vec<String>,
+}
+
+/// Why a node refused a remote config, as reported in heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRejection {
+    /// The refused version; `None` when the payload was too broken to tell.
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// A [`RejectReason::code`], e.g. `invalid_field`.
+    pub code: String,
+    /// Human-readable, naming the offending field.
+    pub reason: String,
 }
 
 fn default_heartbeat_interval_s() -> u32 {
@@ -317,15 +342,32 @@ pub struct Ack {
     pub acked_seq: u64,
 }
 
-/// Retained on `…/config`: a versioned agent configuration pushed by operators.
+/// Retained on `…/config`: the node's configuration as the aggregator's
+/// registry holds it, versioned. The aggregator publishes the whole
+/// document after every change; a node applies a version that differs from
+/// the one it runs and reports it in heartbeats (`config_version`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteConfig {
     pub v: u32,
     pub node_id: String,
-    /// Increases with every change; agents ignore versions they already applied.
+    /// `>= 1`; increases with every registry change of this node.
     pub version: u64,
+    /// When the aggregator made this version.
+    #[serde(default)]
+    pub issued_at: Option<DateTime<Utc>>,
     /// Agent config keys, in the same shape as the agent's TOML file.
-    pub config: serde_json::Value,
+    pub config: NodeConfig,
+}
+
+/// The agent config keys a remote config may set (v1: `cameras`); unknown
+/// keys are ignored so later versions can add some.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// Cameras listed here take their zones, lines and `detect_fps` from
+    /// here instead of the node's config file; cameras not listed keep the
+    /// file's. An empty list hands every camera back to the file.
+    #[serde(default)]
+    pub cameras: Vec<CameraSpec>,
 }
 
 /// Why a payload was refused. `code()` is stable and appears in metrics,
@@ -580,6 +622,17 @@ impl Payload for RemoteConfig {
     fn node_id(&self) -> &str {
         &self.node_id
     }
+    fn check_fields(&self) -> Result<(), String> {
+        if self.version == 0 {
+            return Err("version starts at 1".into());
+        }
+        let problems = check_cameras("config.", &self.config.cameras);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(describe(&problems))
+        }
+    }
 }
 
 /// Serializes a payload; our own types never fail to serialize.
@@ -674,6 +727,13 @@ mod tests {
                 last_frame_at: Some(ts("2026-11-23T09:59:59.900Z")),
                 ..CameraHealth::new("c", "streaming")
             }],
+            config_version: Some(3),
+            config_error: Some(ConfigRejection {
+                version: Some(4),
+                code: "invalid_field".into(),
+                reason: "config.cameras[0].heading: 400 is outside 0..=360 degrees".into(),
+            }),
+            config_unknown_cameras: vec!["south".into()],
         });
         round_trip(&NodeStatus {
             v: 1,
@@ -691,7 +751,25 @@ mod tests {
             v: 1,
             node_id: "n1".into(),
             version: 3,
-            config: serde_json::json!({"heartbeat_interval": "5s"}),
+            issued_at: Some(ts("2026-11-23T10:00:00Z")),
+            config: NodeConfig {
+                cameras: vec![CameraSpec {
+                    id: "north".into(),
+                    name: Some("North gate".into()),
+                    location: Some(crate::camera::GeoPoint {
+                        lat: 52.37,
+                        lng: 4.89,
+                    }),
+                    heading: Some(90.0),
+                    detect_fps: None,
+                    zones: vec![],
+                    lines: vec![crate::camera::LineSpec {
+                        id: "stop-line".into(),
+                        from: [0.0, 0.6],
+                        to: [1.0, 0.6],
+                    }],
+                }],
+            },
         });
     }
 
@@ -759,6 +837,37 @@ mod tests {
         let hb: Heartbeat = decode("a", raw, LIMIT).expect("old heartbeat");
         assert_eq!(hb.cameras[0].frames_inferred, 0);
         assert_eq!(hb.cameras[0].last_frame_at, None);
+    }
+
+    #[test]
+    fn remote_config_documented_example_decodes_and_bad_ones_are_refused() {
+        // The example in docs/PROTOCOL.md §5.5.
+        let raw = br#"{"v":1,"node_id":"gate-01","version":7,"issued_at":"2026-11-23T10:00:00Z",
+          "config":{"cameras":[{"id":"north","name":"North gate","location":{"lat":52.3702,"lng":4.8952},
+            "heading":270,"detect_fps":5,
+            "zones":[{"id":"crossing","polygon":[[0.1,0.55],[0.9,0.55],[0.9,0.95],[0.1,0.95]]}],
+            "lines":[{"id":"stop-line","from":[0.0,0.6],"to":[1.0,0.6]}]}]}}"#;
+        let c: RemoteConfig = decode("gate-01", raw, LIMIT).expect("doc example");
+        assert_eq!(c.version, 7);
+        assert_eq!(c.config.cameras[0].lines[0].to, [1.0, 0.6]);
+        assert_eq!(c.config.cameras[0].heading, Some(270.0));
+        // Unknown keys are ignored at every level; optional ones may be absent.
+        let raw = br#"{"v":1,"node_id":"n","version":1,"config":{"future":true,"cameras":[{"id":"c","x":1}]}}"#;
+        let c: RemoteConfig = decode("n", raw, LIMIT).expect("tolerant");
+        assert_eq!(c.issued_at, None);
+        let reason = |raw: &[u8]| {
+            let e = decode::<RemoteConfig>("n", raw, LIMIT).expect_err("must reject");
+            (e.code(), e.to_string())
+        };
+        let (code, why) = reason(br#"{"v":1,"node_id":"n","version":0,"config":{}}"#);
+        assert_eq!(code, "invalid_field", "{why}");
+        let (code, why) = reason(
+            br#"{"v":1,"node_id":"n","version":2,"config":{"cameras":[{"id":"c","lines":[{"id":"l","from":[0.5,0.5],"to":[0.5,0.5]}]}]}}"#,
+        );
+        assert_eq!(code, "invalid_field");
+        assert!(why.contains("config.cameras[0].lines[0]"), "{why}");
+        let (code, _) = reason(br#"{"v":1,"node_id":"n","version":2}"#);
+        assert_eq!(code, "missing_field");
     }
 
     #[test]

@@ -245,11 +245,19 @@ async fn registry_and_summary(s: &dyn Store) {
         detector: Some("motion".into()),
         outbox: None,
         cameras: vec![],
+        config_version: Some(3),
+        config_error: None,
+        config_unknown_cameras: vec![],
     };
     s.record_heartbeat(&hb).await.expect("heartbeat");
     let node = s.node("hb-node").await.expect("node").expect("registered");
     assert_eq!(node.heartbeat_interval_s, 5);
     assert_eq!(node.last_heartbeat.as_ref().map(|h| h.fps), Some(10.0));
+    // The applied remote config version is what `GET /nodes/{id}` compares.
+    assert_eq!(
+        node.last_heartbeat.as_ref().and_then(|h| h.config_version),
+        Some(3)
+    );
     assert!(node.is_online(Utc::now()));
     s.record_status(&NodeStatus {
         v: 1,
