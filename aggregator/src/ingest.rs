@@ -33,6 +33,9 @@ pub struct IngestSettings {
     pub events: Option<crate::events::EventStore>,
     /// Where committed detections and events go for alert rules (`None`: no alerting).
     pub alerts: Option<crate::alerts::AlertFeed>,
+    /// Remote configs go out through this client: published on every
+    /// connect, and by the registry on every change.
+    pub registry: Option<crate::registry::Registry>,
 }
 
 /// Shared with the HTTP layer: is ingest connected to the broker?
@@ -79,7 +82,16 @@ pub async fn run(
     // manual acks the broker never has more than its inflight window of
     // unacknowledged QoS1 publishes outstanding towards us.
     let (tx, rx) = mpsc::unbounded_channel();
-    let poller = tokio::spawn(poll(eventloop, client.clone(), tx, health.clone()));
+    if let Some(registry) = &settings.registry {
+        registry.attach(client.clone());
+    }
+    let poller = tokio::spawn(poll(
+        eventloop,
+        client.clone(),
+        tx,
+        health.clone(),
+        settings.registry.clone(),
+    ));
     let worker = Worker {
         client: client.clone(),
         store,
@@ -105,6 +117,7 @@ async fn poll(
     client: AsyncClient,
     tx: mpsc::UnboundedSender<Publish>,
     health: Arc<IngestHealth>,
+    registry: Option<crate::registry::Registry>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -120,6 +133,18 @@ async fn poll(
                 let filter = format!("{}/#", edgeqi_shared::topic::PREFIX);
                 if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
                     tracing::error!(error = %e, "cannot queue the subscription");
+                }
+                // Retained configs again after every connect: a broker that
+                // restarted (the embedded one keeps them in memory) has lost them.
+                if let Some(registry) = registry.clone() {
+                    tokio::spawn(async move {
+                        match registry.publish_all().await {
+                            Ok(n) => tracing::info!(configs = n, "remote configs published"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot read remote configs to publish; agents keep the ones they have")
+                            }
+                        }
+                    });
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {

@@ -9,6 +9,7 @@
 //! - [`reviews`]: human review of detections and reports, YOLO dataset export
 //! - [`alerts`]: alert rules and watchlists, their evaluator and webhooks
 //! - [`accounts`]: users, roles, tenants, API keys, audit log, per-node MQTT credentials
+//! - [`registry`]: cameras per node and the versioned remote config pushed to agents
 //! - [`api`]: REST and WebSocket (axum)
 //! - [`config`]: file, environment and flag handling
 
@@ -21,5 +22,6 @@ pub mod events;
 pub mod incidents;
 pub mod ingest;
 pub mod live;
+pub mod registry;
 pub mod reviews;
 pub mod store;

@@ -10,7 +10,7 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use edgeqi_aggregator::config::{AggregatorConfig, BrokerMode, Overrides};
-use edgeqi_aggregator::{accounts, api, broker, incidents, ingest, live, store};
+use edgeqi_aggregator::{accounts, api, broker, incidents, ingest, live, registry, store};
 
 /// EdgeQI aggregator: receives detections and heartbeats from edge agents over
 /// MQTT, stores them, acknowledges them end to end, and serves the REST API
@@ -238,6 +238,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         },
         shutdown_rx.clone(),
     ));
+    let registry = registry::Registry::open(&config.accounts_database_url, config.max_packet_size)?;
     let settings = ingest::IngestSettings {
         endpoint: endpoint.clone(),
         client_id: config.mqtt_client_id.clone(),
@@ -248,6 +249,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         group_max_detections: config.ingest_group_max_detections,
         events: Some(events.clone()),
         alerts: Some(alerts.feed()),
+        registry: Some(registry.clone()),
     };
     let ingest_task = tokio::spawn(ingest::run(
         settings,
@@ -280,6 +282,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         events: events.clone(),
         reviews: edgeqi_aggregator::reviews::ReviewStore::open(&config.accounts_database_url)?,
         alerts,
+        registry,
         metrics: Some(metrics),
         node_credentials: node_credentials.with_reserved(&config.mqtt_client_id),
     });

@@ -26,6 +26,7 @@ use crate::store::{
 pub mod admin;
 pub mod alerts;
 pub mod auth;
+pub mod cameras;
 mod dashboard;
 mod error;
 pub mod events;
@@ -55,6 +56,7 @@ pub struct AppState {
     pub reviews: crate::reviews::ReviewStore,
     /// Alert rules, fired alerts, webhook deliveries.
     pub alerts: Arc<crate::alerts::Alerts>,
+    pub registry: crate::registry::Registry,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Per-node MQTT credentials, issued by provisioning.
     pub node_credentials: crate::accounts::node_credentials::NodeCredentials,
@@ -107,6 +109,8 @@ pub fn api_routes() -> ApiRoutes {
         .routes(routes!(list_nodes, admin::provision_node))
         .routes(routes!(get_node))
         .routes(routes!(admin::rotate_node_credentials))
+        .routes(routes!(cameras::list, cameras::create))
+        .routes(routes!(cameras::get, cameras::replace, cameras::delete))
         .routes(routes!(get_ledger))
         .routes(routes!(list_detections))
         .routes(routes!(summary))
@@ -165,7 +169,7 @@ pub(crate) async fn visible_nodes(
     }
 }
 
-async fn ensure_node_visible(
+pub(crate) async fn ensure_node_visible(
     state: &AppState,
     who: &Principal,
     node_id: &str,
@@ -219,12 +223,15 @@ pub struct NodeView {
     pub online: bool,
 }
 
-/// `GET /api/v1/nodes/{id}`: the node and its detection ledger.
+/// `GET /api/v1/nodes/{id}`: the node, its detection ledger, its registered
+/// cameras and the remote config it runs against the one it should.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NodeDetail {
     #[serde(flatten)]
     pub node: NodeView,
     pub ledger: Vec<LedgerEntry>,
+    pub config: cameras::ConfigStatus,
+    pub cameras: Vec<crate::registry::RegisteredCamera>,
 }
 
 /// `GET /api/v1/nodes/{id}/ledger`
@@ -274,7 +281,8 @@ async fn list_nodes(
     ))
 }
 
-/// One node with its ledger; another tenant's node is a 404.
+/// One node with its ledger, registered cameras and remote config status
+/// (desired against applied); another tenant's node is a 404.
 #[utoipa::path(get, path = "/nodes/{id}", tag = "nodes", operation_id = "get_node",
     security(("jwt" = ["viewer"])),
     params(("id" = String, Path, description = "node id")),
@@ -291,9 +299,13 @@ async fn get_node(
         .node(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))?;
+    let desired = state.registry.desired(&id).await?;
+    let config = cameras::config_status(desired, node.last_heartbeat.as_ref());
     Ok(Json(NodeDetail {
         node: node_view(node, Utc::now()),
         ledger: state.store.ledger(&id).await?,
+        config,
+        cameras: state.registry.cameras(&id).await?,
     }))
 }
 

@@ -13,15 +13,15 @@ use super::ws::{serve, LiveFilter};
 use super::*;
 use crate::live::{LiveEvent, NodeStatusEvent};
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    state: AppState,
+    pub(super) state: AppState,
 }
 
 /// The bootstrap admin token every fixture accepts.
-const ADMIN: &str = "s3cret";
+pub(super) const ADMIN: &str = "s3cret";
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = crate::store::open(&url).expect("store");
@@ -51,12 +51,17 @@ fn fixture() -> Fixture {
             node_credentials: crate::accounts::node_credentials::NodeCredentials::open(&url)
                 .expect("node credentials")
                 .with_reserved("edgeqi-aggregator"),
+            registry: crate::registry::Registry::open(
+                &url,
+                edgeqi_shared::protocol::DEFAULT_MAX_PAYLOAD_BYTES,
+            )
+            .expect("registry"),
             metrics: None,
         },
     }
 }
 
-async fn send(
+pub(super) async fn send(
     state: &AppState,
     method: &str,
     uri: &str,
@@ -87,7 +92,11 @@ async fn send(
 }
 
 /// GET as the bootstrap admin unless another token is given.
-async fn get(state: &AppState, uri: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
+pub(super) async fn get(
+    state: &AppState,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
     send(state, "GET", uri, Some(token.unwrap_or(ADMIN)), None).await
 }
 
@@ -300,7 +309,11 @@ async fn websocket_filters_and_reports_lag() {
     task.await.expect("loop ends when the client goes away");
 }
 
-async fn login(state: &AppState, user: &str, password: &str) -> (StatusCode, serde_json::Value) {
+pub(super) async fn login(
+    state: &AppState,
+    user: &str,
+    password: &str,
+) -> (StatusCode, serde_json::Value) {
     send(
         state,
         "POST",
@@ -311,7 +324,7 @@ async fn login(state: &AppState, user: &str, password: &str) -> (StatusCode, ser
     .await
 }
 
-async fn create_user(
+pub(super) async fn create_user(
     state: &AppState,
     token: &str,
     body: serde_json::Value,

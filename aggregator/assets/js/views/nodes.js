@@ -1,5 +1,7 @@
 // Nodes: a grid of every edge node with its latest heartbeat, and a node's
-// detail page with heartbeat history charts and its detection ledger.
+// detail page with heartbeat history charts, its detection ledger, and its
+// registered cameras with the remote config the node runs against the one
+// the registry wants.
 
 import { api } from '../api.js';
 import { TimeChart } from '../chart.js';
@@ -60,13 +62,15 @@ function mountDetail(main, id) {
   const facts = h('dl', { class: 'facts' });
   const cams = h('div', {});
   const ledger = h('div', {});
+  const remote = h('div', {});
   const chartsHost = h('div', { class: 'chart-grid' });
   main.append(h('p', {}, h('a', { href: '/ui/nodes', 'data-route': true }, '← All nodes')),
     h('h1', {}, `Node ${id}`), head,
     h('section', { class: 'panel' }, h('h2', {}, 'Latest heartbeat'), facts, cams),
     h('section', { class: 'panel' }, h('h2', {}, 'Heartbeat history'),
       note('Since this page was loaded, plus the latest stored heartbeat.'), chartsHost),
-    h('section', { class: 'panel' }, h('h2', {}, 'Detection ledger'), ledger));
+    h('section', { class: 'panel' }, h('h2', {}, 'Detection ledger'), ledger),
+    h('section', { class: 'panel' }, h('h2', {}, 'Cameras and remote config'), remote));
   const charts = {
     cpu: new TimeChart(chartsHost, { label: 'CPU %', caption: true, yMax: 100, yUnit: '%' }),
     mem: new TimeChart(chartsHost, { label: 'Memory %', caption: true, yMax: 100, yUnit: '%' }),
@@ -117,10 +121,34 @@ function mountDetail(main, id) {
           h('td', { class: 'num' }, fmtNum(e.acked_seq)), h('td', { class: 'num' }, fmtNum(e.max_seq)), h('td', { class: 'num' }, fmtNum(e.batches)),
           h('td', { class: e.holes && e.holes.length ? 'warn' : '' }, e.holes && e.holes.length
             ? e.holes.map(([a, b]) => (a === b ? `${a}` : `${a}–${b}`)).join(', ') : 'none'))))) : note('No detection batches stored from this node.'));
+      drawRemote(body);
       draw();
     } catch (e) {
       ledger.replaceChildren(note(e.status === 404 ? 'No such node.' : `Could not load the ledger: ${e.message}`, 'warn'));
     }
+  }
+
+  function drawRemote(body) {
+    const c = body.config || {};
+    const cams = body.cameras || [];
+    const sync = c.in_sync
+      ? h('span', { class: 'badge ok', 'data-config': 'in-sync' }, `✓ version ${c.desired_version} applied`)
+      : h('span', { class: 'badge bad', 'data-config': 'pending' },
+        `version ${c.desired_version} wanted, ${c.applied_version === null || c.applied_version === undefined ? 'none' : c.applied_version} applied`);
+    const err = c.last_error
+      ? note(`The node refused version ${c.last_error.version ?? '?'}: ${c.last_error.reason}`, 'warn') : null;
+    const unknown = (c.unknown_cameras || []).length
+      ? note(`Registered but not on the node: ${c.unknown_cameras.join(', ')}`, 'warn') : null;
+    const table = cams.length ? h('table', { class: 'grid' },
+      h('thead', {}, h('tr', {}, ['Camera', 'Name', 'Location', 'Heading', 'Zones', 'Lines'].map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, cams.map((cam) => h('tr', {},
+        h('th', { scope: 'row' }, cam.camera_id), h('td', {}, cam.name || '—'),
+        h('td', {}, cam.location ? `${fmtNum(cam.location.lat, 5)}, ${fmtNum(cam.location.lng, 5)}` : '—'),
+        h('td', { class: 'num' }, cam.heading === null || cam.heading === undefined ? '—' : `${fmtNum(cam.heading, 0)}°`),
+        h('td', {}, cam.zones.map((z) => z.id).join(', ') || '—'),
+        h('td', {}, cam.lines.map((l) => l.id).join(', ') || '—')))))
+      : note('No cameras registered: the node runs its config file. Register cameras with POST /api/v1/nodes/{id}/cameras.');
+    remote.replaceChildren(...[c.desired_version ? sync : null, err, unknown, table].filter(Boolean));
   }
 
   bus.addEventListener('nodes', draw);
