@@ -71,6 +71,11 @@ async fn harness() -> Harness {
         events: crate::events::EventStore::open(&url).expect("events"),
         reviews: crate::reviews::ReviewStore::open(&url).expect("reviews"),
         alerts,
+        registry: crate::registry::Registry::open(
+            &url,
+            edgeqi_shared::protocol::DEFAULT_MAX_PAYLOAD_BYTES,
+        )
+        .expect("registry"),
         metrics: None,
         node_credentials: crate::accounts::node_credentials::NodeCredentials::open(&url)
             .expect("node credentials"),
@@ -896,6 +901,7 @@ async fn line_crossings_fire_through_real_mqtt_ingest() {
             group_max_detections: 1000,
             events: Some(h.state.events.clone()),
             alerts: Some(h.state.alerts.feed()),
+            registry: None,
         },
         h.state.store.clone(),
         h.state.live.clone(),
