@@ -204,9 +204,6 @@ fn registry_cameras_reach_the_agent_and_apply_without_a_restart() -> Result<()> 
     // 4. The aggregator restarts (and with it the embedded broker, which
     //    forgets retained messages): it publishes the config again.
     //    Meanwhile the agent restarts with no broker: it runs the saved config.
-    let old_uptime = node(&agg)?["last_heartbeat"]["uptime_s"]
-        .as_u64()
-        .unwrap_or(0);
     agg.proc.kill9();
     agent.restart()?;
     let restarted_at = Utc::now();
@@ -218,7 +215,8 @@ fn registry_cameras_reach_the_agent_and_apply_without_a_restart() -> Result<()> 
         Duration::from_secs(45),
         || {
             let n = node(&agg).ok()?;
-            let fresh = n["last_heartbeat"]["uptime_s"].as_u64()? < old_uptime;
+            // Only the restarted process can have sent a heartbeat since.
+            let fresh = time(&n["last_heartbeat"]["ts"]) > broker_back_at;
             (fresh && n["config"]["applied_version"] == 2 && n["config"]["in_sync"] == true)
                 .then_some(())
         },

@@ -82,7 +82,7 @@ impl RegisteredCamera {
 }
 
 /// WGS 84 position, decimal degrees (`-90..=90`, `-180..=180`).
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, utoipa::ToSchema)]
 #[schema(as = GeoPoint)]
 #[allow(dead_code)] // describes [`GeoPoint`] in the OpenAPI document only
 pub struct GeoPointDoc {
@@ -93,7 +93,7 @@ pub struct GeoPointDoc {
 /// A zone: 3 to 64 `[x, y]` corners in normalised frame coordinates
 /// (`0..=1`, `y` down), enclosing some area; `id` `[A-Za-z0-9_-]{1,64}`,
 /// unique on the camera.
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, utoipa::ToSchema)]
 #[schema(as = Zone)]
 #[allow(dead_code)] // describes [`ZoneSpec`] in the OpenAPI document only
 pub struct ZoneDoc {
@@ -104,7 +104,7 @@ pub struct ZoneDoc {
 /// A counting line from `from` to `to`, two different `[x, y]` points in
 /// normalised frame coordinates; `id` unique on the camera. Crossings are
 /// `left_to_right` / `right_to_left` as seen from `from` towards `to`.
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, utoipa::ToSchema)]
 #[schema(as = Line)]
 #[allow(dead_code)] // describes [`LineSpec`] in the OpenAPI document only
 pub struct LineDoc {
@@ -548,7 +548,7 @@ mod tests {
     async fn a_document_over_the_packet_limit_is_refused_and_nothing_changes() {
         let dir = tempfile::tempdir().expect("tmp");
         let url = format!("sqlite://{}", dir.path().join("r.db").display());
-        let r = Registry::open(&url, 2000).expect("open");
+        let r = Registry::open(&url, 800).expect("open");
         r.create("n1", spec("a")).await.expect("small fits");
         let mut big = spec("b");
         big.zones = (0..20)
