@@ -263,6 +263,45 @@ fn rows() -> Vec<Row> {
                 "/api/v1/nodes/gate-tenant-a/ledger".into()
             })
         },
+        Row {
+            other: Other::Hidden,
+            ..row("GET", "/api/v1/nodes/{id}/cameras", |_, _| {
+                "/api/v1/nodes/gate-tenant-a/cameras".into()
+            })
+        },
+        Row {
+            role: "operator",
+            ok: 201,
+            other: Other::Hidden,
+            payload: Payload::Json(|_, n| serde_json::json!({"camera_id": format!("made-{n}")})),
+            ..row("POST", "/api/v1/nodes/{id}/cameras", |_, _| {
+                "/api/v1/nodes/gate-tenant-a/cameras".into()
+            })
+        },
+        Row {
+            other: Other::Hidden,
+            ..row("GET", "/api/v1/nodes/{id}/cameras/{camera_id}", |_, _| {
+                "/api/v1/nodes/gate-tenant-a/cameras/cam-tenant-a".into()
+            })
+        },
+        Row {
+            role: "operator",
+            other: Other::Hidden,
+            payload: Payload::Json(|_, _| serde_json::json!({"heading": 90})),
+            ..row("PUT", "/api/v1/nodes/{id}/cameras/{camera_id}", |_, _| {
+                "/api/v1/nodes/gate-tenant-a/cameras/cam-tenant-a".into()
+            })
+        },
+        // One camera of tenant A's node per caller, so each may delete one.
+        Row {
+            role: "operator",
+            other: Other::Hidden,
+            ..row(
+                "DELETE",
+                "/api/v1/nodes/{id}/cameras/{camera_id}",
+                |_, who| format!("/api/v1/nodes/gate-tenant-a/cameras/del-{who:?}"),
+            )
+        },
         row("GET", "/api/v1/detections", |_, _| {
             "/api/v1/detections".into()
         }),
@@ -556,6 +595,19 @@ async fn world(base: &AppState) -> (AppState, World) {
         counts: vec![],
     };
     let stored = s.store.ingest_batch(&batch).await.expect("seed");
+    for camera in std::iter::once("cam-tenant-a".to_owned())
+        .chain(EVERYONE.iter().map(|who| format!("del-{who:?}")))
+    {
+        let (status, body) = send(
+            s,
+            "POST",
+            "/api/v1/nodes/gate-tenant-a/cameras",
+            Some(ADMIN),
+            Some(serde_json::json!({"camera_id": camera, "name": "tenant-a camera"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
     s.store
         .dead_letter(
             "edgeqi/v1/gate-tenant-a/detections",
