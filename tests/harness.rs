@@ -214,47 +214,6 @@ pub fn http_post(url: &str, token: Option<&str>, body: Option<&Value>) -> Result
     Ok((status, body))
 }
 
-/// HTTP request with a JSON body (`POST`, `PUT`, `PATCH`) or none
-/// (`DELETE`), returning status and JSON body (Null when not JSON).
-pub fn http_send(
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Result<(u16, Value)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let resp = match (method, body) {
-        ("DELETE", _) => {
-            let mut req = agent.delete(url);
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
-        }
-        (m, b) => {
-            let mut req = match m {
-                "POST" => agent.post(url),
-                "PUT" => agent.put(url),
-                "PATCH" => agent.patch(url),
-                other => bail!("http_send: unsupported method {other}"),
-            };
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.send_json(b.cloned().unwrap_or(Value::Null))
-        }
-    };
-    let mut resp = resp.with_context(|| format!("{method} {url}"))?;
-    let status = resp.status().as_u16();
-    let body = resp.body_mut().read_json::<Value>().unwrap_or(Value::Null);
-    Ok((status, body))
-}
-
 /// A running `edgeqi-aggregator` on ephemeral ports.
 #[derive(Debug)]
 pub struct Aggregator {
@@ -633,37 +592,6 @@ pub fn mosquitto_pub_with(port: u16, topic: &str, payload: &[u8], extra: &[&str]
         );
     }
     Ok(())
-}
-
-/// The message the broker keeps retained on `topic`, read with
-/// `mosquitto_sub --retained-only`; fails when there is none within
-/// `timeout_s` seconds.
-pub fn mosquitto_retained(port: u16, topic: &str, timeout_s: u32) -> Result<String> {
-    let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "--retained-only",
-            "-C",
-            "1",
-            "-W",
-            &timeout_s.to_string(),
-        ])
-        .output()
-        .context("run mosquitto_sub (apt-get install mosquitto-clients)")?;
-    if !out.status.success() {
-        bail!(
-            "no retained message on {topic} within {timeout_s}s: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Collects WebSocket text frames in the background.

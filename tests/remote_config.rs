@@ -9,12 +9,75 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
-use edgeqi_e2e::{
-    http_send, mosquitto_pub, mosquitto_retained, wait_for, Agent, Aggregator, ADMIN_TOKEN,
-};
+use edgeqi_e2e::{mosquitto_pub, wait_for, Agent, Aggregator, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 const NODE: &str = "cfg-node";
+
+/// HTTP request with a JSON body (`POST`, `PUT`) or none (`DELETE`),
+/// returning status and JSON body (Null when not JSON).
+fn http_send(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let resp = match (method, body) {
+        ("DELETE", _) => {
+            let mut req = agent.delete(url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+        (m, b) => {
+            let mut req = match m {
+                "POST" => agent.post(url),
+                "PUT" => agent.put(url),
+                other => anyhow::bail!("http_send: unsupported method {other}"),
+            };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.send_json(b.cloned().unwrap_or(Value::Null))
+        }
+    };
+    let mut resp = resp.with_context(|| format!("{method} {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+/// The message the broker keeps retained on `topic`, read with
+/// `mosquitto_sub --retained-only`; fails when there is none in time.
+fn mosquitto_retained(port: u16, topic: &str, timeout_s: u32) -> Result<String> {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+        ])
+        .args(["--retained-only", "-C", "1", "-W", &timeout_s.to_string()])
+        .output()
+        .context("run mosquitto_sub (apt-get install mosquitto-clients)")?;
+    ensure!(
+        out.status.success(),
+        "no retained message on {topic} within {timeout_s}s: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
 
 fn node(agg: &Aggregator) -> Result<Value> {
     agg.get(&format!("/api/v1/nodes/{NODE}"))
