@@ -721,6 +721,67 @@ async fn all_incidents(state: &AppState, who: &Principal) -> Result<Vec<Incident
     }
 }
 
+/// `GET /api/v1/analytics/hotspots` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HotspotQuery {
+    /// Grid cell size in metres, 10–50,000 (default 250).
+    pub cell_m: Option<f64>,
+    /// Only incidents created at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<Utc>>,
+    /// Only this category.
+    pub category: Option<String>,
+    /// Busiest cells returned, 1–1,000 (default 50).
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/v1/analytics/hotspots`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Hotspots {
+    pub cell_m: f64,
+    /// Located incidents counted (those without a position are left out).
+    pub incidents: u64,
+    pub items: Vec<crate::incidents::hotspots::Hotspot>,
+}
+
+/// Incidents clustered on a square grid of `cell_m` metres, busiest cells first.
+#[utoipa::path(get, path = "/analytics/hotspots", tag = "incidents", operation_id = "incident_hotspots",
+    params(HotspotQuery),
+    security(("jwt" = ["viewer"])),
+    responses((status = 200, body = Hotspots), (status = 422, body = ErrorBody)))]
+pub async fn hotspots(
+    State(state): State<AppState>,
+    Authed(who): AsViewer,
+    Query(q): Query<HotspotQuery>,
+) -> Result<Json<Hotspots>, ApiError> {
+    let cell_m = q.cell_m.unwrap_or(250.0);
+    if !(10.0..=50_000.0).contains(&cell_m) {
+        return Err(ApiError::Unprocessable(
+            "cell_m must be between 10 and 50000 metres".into(),
+        ));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Unprocessable(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    let chosen: Vec<Incident> = all_incidents(&state, &who)
+        .await?
+        .into_iter()
+        .filter(|i| q.since.is_none_or(|t| i.created_at >= t))
+        .filter(|i| q.category.as_ref().is_none_or(|c| *c == i.category))
+        .filter(|i| i.lat.is_some() && i.lng.is_some())
+        .collect();
+    let mut items = crate::incidents::hotspots::hotspots(&chosen, cell_m);
+    items.truncate(limit);
+    Ok(Json(Hotspots {
+        cell_m,
+        incidents: chosen.len() as u64,
+        items,
+    }))
+}
+
 /// `GET /api/v1/analytics/incidents`
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IncidentStats {

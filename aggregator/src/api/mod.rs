@@ -130,6 +130,7 @@ pub fn api_routes() -> ApiRoutes {
         .routes(routes!(incidents::report_status))
         .routes(routes!(incidents::areas))
         .routes(routes!(incidents::incident_stats))
+        .routes(routes!(incidents::hotspots))
         .routes(routes!(reviews::review_detection))
         .routes(routes!(reviews::review_report))
         .routes(routes!(reviews::list))

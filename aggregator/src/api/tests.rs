@@ -924,6 +924,14 @@ async fn citizen_report_becomes_an_incident_and_walks_the_lifecycle() {
     assert_eq!(stats["by_status"]["closed"], 1);
     let (_, areas) = get(s, "/api/v1/analytics/areas?cell_deg=0.01", None).await;
     assert_eq!(areas["items"][0]["rank"], 1);
+    let (status, hot) = get(s, "/api/v1/analytics/hotspots?cell_m=500", None).await;
+    assert_eq!(status, StatusCode::OK, "{hot}");
+    let cells = hot["items"].as_array().expect("items");
+    assert!(!cells.is_empty(), "{hot}");
+    let counted: u64 = cells.iter().map(|c| c["count"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(hot["incidents"].as_u64(), Some(counted), "{hot}");
+    let (status, bad) = get(s, "/api/v1/analytics/hotspots?cell_m=1", None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     let (_, audit) = get(s, "/api/v1/audit?limit=100", None).await;
     let updates = audit["items"]
         .as_array()

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StoreResult;
 
+pub mod hotspots;
 pub mod sqlite;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

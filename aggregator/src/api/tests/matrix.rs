@@ -386,6 +386,12 @@ fn rows() -> Vec<Row> {
             })
         },
         Row {
+            other: Other::Filtered(Leak::Zero("incidents")),
+            ..row("GET", "/api/v1/analytics/hotspots", |_, _| {
+                "/api/v1/analytics/hotspots".into()
+            })
+        },
+        Row {
             role: "operator",
             other: Other::Hidden,
             payload: Payload::Json(|_, _| serde_json::json!({"verdict": "confirmed"})),
