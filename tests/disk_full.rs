@@ -14,7 +14,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use edgeqi_e2e::{bin, free_port, http_get, wait_for, Agent, Proc, ADMIN_TOKEN};
+use edgeqi_e2e::{
+    bin, fault_test_agent_config, free_port, http_get, readyz, wait_aggregator_ready, wait_for,
+    Agent, Proc, ADMIN_TOKEN,
+};
 
 /// A size-limited tmpfs, unmounted on drop.
 struct SmallVolume {
@@ -57,12 +60,6 @@ impl Drop for SmallVolume {
     }
 }
 
-fn readyz(http_port: u16) -> Option<u16> {
-    http_get(&format!("http://127.0.0.1:{http_port}/readyz"), None)
-        .ok()
-        .map(|(s, _)| s)
-}
-
 #[test]
 fn a_full_disk_stops_acks_and_loses_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -84,34 +81,11 @@ fn a_full_disk_stops_acks_and_loses_nothing() -> Result<()> {
         .env("EDGEQI_ADMIN_TOKEN", ADMIN_TOKEN);
     // The log is outside the small volume: it must not be what fills it.
     let mut agg = Proc::spawn("edgeqi-aggregator", cmd, dir.path().join("aggregator.log"))?;
-    wait_for("aggregator ready", Duration::from_secs(30), || {
-        if !agg.is_running() {
-            return Some(Err(anyhow::anyhow!(
-                "aggregator exited:\n{}",
-                agg.log_text()
-            )));
-        }
-        (readyz(http_port) == Some(200)).then_some(Ok(()))
-    })??;
+    wait_aggregator_ready(&mut agg, http_port, Duration::from_secs(30))?;
 
     // ~20 s of a busy synthetic camera: far more than 1 MiB of rows.
-    let agent_cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_cfg,
-        r#"
-[outbox]
-batch_max_age = "200ms"
-ack_timeout = "2s"
-
-[mqtt]
-reconnect_max = "1s"
-
-[[cameras]]
-id = "north"
-uri = "synthetic://?objects=12&frames=600&seed=5"
-fps = 30
-"#,
-    )?;
+    let agent_cfg =
+        fault_test_agent_config(dir.path(), "synthetic://?objects=12&frames=600&seed=5")?;
     let agent = Agent::start(
         dir.path(),
         "disk-full",

@@ -176,6 +176,52 @@ impl Drop for Proc {
 /// The bootstrap admin token every test aggregator is started with.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 
+/// The aggregator's `/readyz` status, or `None` while nothing answers.
+pub fn readyz(http_port: u16) -> Option<u16> {
+    http_get(&format!("http://127.0.0.1:{http_port}/readyz"), None)
+        .ok()
+        .map(|(s, _)| s)
+}
+
+/// Waits until an aggregator started by hand answers `/readyz` with 200,
+/// failing early (with its log) if it exits.
+pub fn wait_aggregator_ready(agg: &mut Proc, http_port: u16, timeout: Duration) -> Result<()> {
+    wait_for("aggregator ready", timeout, || {
+        if !agg.is_running() {
+            return Some(Err(anyhow::anyhow!(
+                "aggregator exited:\n{}",
+                agg.log_text()
+            )));
+        }
+        (readyz(http_port) == Some(200)).then_some(Ok(()))
+    })?
+}
+
+/// Writes an agent config for fault tests: short batch age and ack timeout,
+/// fast reconnects, one synthetic camera `north` at 30 fps with `uri`.
+pub fn fault_test_agent_config(dir: &Path, uri: &str) -> Result<PathBuf> {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[outbox]
+batch_max_age = "200ms"
+ack_timeout = "2s"
+
+[mqtt]
+reconnect_max = "1s"
+
+[[cameras]]
+id = "north"
+uri = "{uri}"
+fps = 30
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
 /// HTTP GET returning status and JSON body (Null when not JSON).
 pub fn http_get(url: &str, token: Option<&str>) -> Result<(u16, Value)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -16,7 +16,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use edgeqi_e2e::{bin, free_port, http_get, wait_for, Agent, Proc, ADMIN_TOKEN};
+use edgeqi_e2e::{
+    bin, fault_test_agent_config, free_port, http_get, readyz, wait_aggregator_ready, wait_for,
+    Agent, Proc, ADMIN_TOKEN,
+};
 
 /// A private PostgreSQL cluster in a temp dir (initdb, pg_ctl).
 struct PrivatePg {
@@ -134,12 +137,6 @@ impl Drop for PrivatePg {
     }
 }
 
-fn readyz(http_port: u16) -> Option<u16> {
-    http_get(&format!("http://127.0.0.1:{http_port}/readyz"), None)
-        .ok()
-        .map(|(s, _)| s)
-}
-
 #[test]
 fn database_outage_stops_acks_and_loses_nothing() -> Result<()> {
     if std::env::var_os("EDGEQI_TEST_DATABASE_URL").is_none() {
@@ -191,34 +188,11 @@ fn database_outage_stops_acks_and_loses_nothing() -> Result<()> {
         "not ready without a database"
     );
     pg.start()?;
-    wait_for("aggregator ready", Duration::from_secs(60), || {
-        if !agg.is_running() {
-            return Some(Err(anyhow::anyhow!(
-                "aggregator exited:\n{}",
-                agg.log_text()
-            )));
-        }
-        (readyz(http_port) == Some(200)).then_some(Ok(()))
-    })??;
+    wait_aggregator_ready(&mut agg, http_port, Duration::from_secs(60))?;
 
     // ~25 s of detections from a synthetic camera.
-    let agent_cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_cfg,
-        r#"
-[outbox]
-batch_max_age = "200ms"
-ack_timeout = "2s"
-
-[mqtt]
-reconnect_max = "1s"
-
-[[cameras]]
-id = "north"
-uri = "synthetic://?objects=3&frames=750&seed=11"
-fps = 30
-"#,
-    )?;
+    let agent_cfg =
+        fault_test_agent_config(dir.path(), "synthetic://?objects=3&frames=750&seed=11")?;
     let agent = Agent::start(
         dir.path(),
         "pg-fault",
