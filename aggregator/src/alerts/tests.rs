@@ -7,17 +7,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Timelike, Utc};
 use edgeqi_shared::{Detection, DetectionBatch};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
-use tower::ServiceExt;
 
 use super::*;
-use crate::api::{router, AppState};
+use crate::api::AppState;
 use crate::live::{LiveBus, LiveEvent};
 
 const ADMIN: &str = "alerts-admin-token";
@@ -95,27 +92,7 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("authorization", format!("Bearer {token}"));
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Body::from(b.to_string())
-        }
-        None => Body::empty(),
-    };
-    let resp = router(state.clone())
-        .oneshot(req.body(body).expect("request"))
-        .await
-        .expect("response");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    crate::api::tests::send(state, method, uri, Some(token), body).await
 }
 
 async fn create_rule(state: &AppState, token: &str, rule: Value) -> i64 {

@@ -640,4 +640,4 @@ async fn dead_letters(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -61,7 +61,8 @@ pub(super) fn fixture() -> Fixture {
     }
 }
 
-pub(super) async fn send(
+/// One request through the whole router (also used by the alerts tests).
+pub(crate) async fn send(
     state: &AppState,
     method: &str,
     uri: &str,
