@@ -247,9 +247,13 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A private CA and a server certificate for localhost / 127.0.0.1 signed
-/// by it, the way an operator would make them.
-fn make_certificates(dir: &Path) -> Result<()> {
+/// A self-signed P-256 CA: `{name}.key` and `{name}.pem` in `dir`.
+fn make_ca(dir: &Path, name: &str, cn: &str) -> Result<()> {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={cn}"),
+    );
     openssl(
         dir,
         &[
@@ -261,15 +265,21 @@ fn make_certificates(dir: &Path) -> Result<()> {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
-            "ca.key",
+            &key,
             "-out",
-            "ca.pem",
+            &pem,
             "-days",
             "2",
             "-subj",
-            "/CN=EdgeQI test CA",
+            &subj,
         ],
-    )?;
+    )
+}
+
+/// A private CA and a server certificate for localhost / 127.0.0.1 signed
+/// by it, the way an operator would make them.
+fn make_certificates(dir: &Path) -> Result<()> {
+    make_ca(dir, "ca", "EdgeQI test CA")?;
     openssl(
         dir,
         &[
@@ -374,26 +384,7 @@ fn tls_listener_accepts_mqtts_and_refuses_plaintext() -> Result<()> {
         agg.proc.log_text()
     );
     // A TLS client that trusts another CA does not connect either.
-    openssl(
-        &certs,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Other CA",
-        ],
-    )?;
+    make_ca(&certs, "other", "Other CA")?;
     let other = certs.join("other.pem").display().to_string();
     let untrusted = mosquitto_pub_with(
         tls_port,
