@@ -82,7 +82,9 @@ fn hmac_hex(secret: &[u8], ts: &str, body: &[u8]) -> String {
 #[test]
 fn a_watchlist_hit_becomes_an_incident_a_live_alert_and_a_signed_webhook() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let agg = Aggregator::start(dir.path())?;
+    // The receiver is on 127.0.0.1, which webhooks may not reach by default.
+    let mut agg = Aggregator::new(dir.path(), None, vec![])?.arg("--alerts-allow-private-webhooks");
+    agg.restart()?;
     let (hook_port, seen) = start_receiver()?;
     let secret = "e2e-webhook-secret-123";
     let (status, rule) = post(

@@ -166,6 +166,8 @@ pub struct Overrides {
     pub model: Option<String>,
     /// `--mqtt-allow-anonymous`: true wins over the file; false leaves it to the file.
     pub mqtt_allow_anonymous: bool,
+    /// `--alerts-allow-private-webhooks`: true wins over the file; false leaves it to the file.
+    pub alerts_allow_private_webhooks: bool,
     pub mqtt_tls_listen: Option<String>,
     pub mqtt_tls_cert: Option<String>,
     pub mqtt_tls_key: Option<String>,
@@ -417,6 +419,10 @@ impl AggregatorConfig {
             .unwrap_or(alert_defaults.webhook_backoff_max),
             webhook_concurrency: count(&mut doc, "alerts.webhook_concurrency", 1024)
                 .unwrap_or(alert_defaults.webhook_concurrency),
+            allow_private_webhooks: o.alerts_allow_private_webhooks
+                || doc
+                    .get::<bool>("alerts.allow_private_webhooks")
+                    .unwrap_or(alert_defaults.allow_private_webhooks),
         };
         let log_format =
             prefer(&o.log_format, doc.get::<String>("log_format")).unwrap_or_else(|| "text".into());
@@ -528,7 +534,25 @@ mod tests {
         .expect("the shipped example loads");
         assert_eq!(c.alerts.queue_capacity, 1024);
         assert_eq!(c.alerts.webhook_backoff_max, Duration::from_secs(300));
+        assert!(
+            !c.alerts.allow_private_webhooks,
+            "the guard is on by default"
+        );
+        let allowed = AggregatorConfig::load(&Overrides {
+            alerts_allow_private_webhooks: true,
+            ..Default::default()
+        })
+        .expect("flag");
+        assert!(allowed.alerts.allow_private_webhooks);
         let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("allow.toml");
+        std::fs::write(&file, "[alerts]\nallow_private_webhooks = true\n").expect("write");
+        let from_file = AggregatorConfig::load(&Overrides {
+            config: Some(file),
+            ..Default::default()
+        })
+        .expect("file key");
+        assert!(from_file.alerts.allow_private_webhooks);
         let path = dir.path().join("agg.toml");
         std::fs::write(
             &path,

@@ -36,6 +36,9 @@ struct Cli {
     /// Embedded broker: let clients without credentials in, with no topic limits (demos only) [key mqtt.allow_anonymous].
     #[arg(long, env = "EDGEQI_MQTT_ALLOW_ANONYMOUS")]
     mqtt_allow_anonymous: bool,
+    /// Let alert webhooks reach loopback, private, link-local and other internal addresses [key alerts.allow_private_webhooks].
+    #[arg(long, env = "EDGEQI_ALERTS_ALLOW_PRIVATE_WEBHOOKS")]
+    alerts_allow_private_webhooks: bool,
     /// Use this external broker (mqtt://[USER:PASSWORD@]host:port or mqtts://…) instead of the embedded one [key mqtt.url].
     #[arg(long, env = "EDGEQI_MQTT_URL")]
     mqtt_url: Option<String>,
@@ -76,6 +79,7 @@ fn main() -> std::process::ExitCode {
         admin_token: std::env::var("EDGEQI_ADMIN_TOKEN").ok(),
         model: cli.model,
         mqtt_allow_anonymous: cli.mqtt_allow_anonymous,
+        alerts_allow_private_webhooks: cli.alerts_allow_private_webhooks,
         mqtt_tls_listen: cli.mqtt_tls_listen,
         mqtt_tls_cert: cli.mqtt_tls_cert,
         mqtt_tls_key: cli.mqtt_tls_key,

@@ -51,6 +51,10 @@ pub struct AlertSettings {
     pub webhook_backoff_max: Duration,
     /// Webhook requests in flight at once.
     pub webhook_concurrency: usize,
+    /// Let webhook URLs reach loopback, private, link-local and other
+    /// internal addresses (off: they are refused at rule create/update and
+    /// at every delivery, after DNS resolution).
+    pub allow_private_webhooks: bool,
 }
 
 impl Default for AlertSettings {
@@ -62,6 +66,7 @@ impl Default for AlertSettings {
             webhook_backoff: Duration::from_secs(1),
             webhook_backoff_max: Duration::from_secs(300),
             webhook_concurrency: 8,
+            allow_private_webhooks: false,
         }
     }
 }

@@ -26,16 +26,22 @@ struct Harness {
     seq: AtomicU32,
 }
 
+/// Fast retries; webhooks may reach the test receivers on 127.0.0.1.
 fn settings() -> AlertSettings {
     AlertSettings {
         webhook_timeout: Duration::from_millis(700),
         webhook_backoff: Duration::from_millis(30),
         webhook_backoff_max: Duration::from_millis(200),
+        allow_private_webhooks: true,
         ..AlertSettings::default()
     }
 }
 
 async fn harness() -> Harness {
+    harness_with(settings()).await
+}
+
+async fn harness_with(settings: AlertSettings) -> Harness {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let accounts = crate::accounts::open(&url).expect("accounts");
@@ -44,7 +50,7 @@ async fn harness() -> Harness {
         None,
     ));
     let live = LiveBus::new(256);
-    let (alerts, evaluator) = Alerts::open(&url, settings()).expect("alerts");
+    let (alerts, evaluator) = Alerts::open(&url, settings).expect("alerts");
     let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(evaluator.run(
         EngineDeps {
@@ -523,6 +529,101 @@ async fn webhook_to_a_dead_port_ends_as_a_failed_delivery() {
     assert_eq!(log[2]["outcome"], "failed");
     // The alert itself was stored and the aggregator goes on.
     assert_eq!(h.alerts_of(rule).await.len(), 1);
+}
+
+#[tokio::test]
+async fn webhooks_to_internal_addresses_are_refused_by_default() {
+    let h = harness_with(AlertSettings {
+        allow_private_webhooks: false,
+        ..settings()
+    })
+    .await;
+    let s = &h.state;
+    let rule = |url: &str| {
+        json!({"name": "inside", "kind": "watchlist", "labels": ["truck"],
+               "actions": {"websocket": false, "webhook": {"url": url, "secret": "0123456789abcdef", "max_attempts": 3}}})
+    };
+    // At create time: address literals inside and localhost names.
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://[::1]/hook",
+        "http://10.1.2.3/hook",
+        "http://172.20.0.1/hook",
+        "http://192.168.1.10:8080/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://0.0.0.0/hook",
+        "http://224.0.0.1/hook",
+        "http://[fd00::1]/hook",
+        "http://[fe80::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "https://localhost:8443/hook",
+        "http://api.localhost/hook",
+    ] {
+        let (status, body) = call(s, "POST", "/api/v1/alert-rules", ADMIN, Some(rule(url))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "unprocessable", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("alerts.allow_private_webhooks")),
+            "{body}"
+        );
+    }
+    // A public address is fine; changing it to an internal one is not.
+    let id = create_rule(s, ADMIN, rule("https://93.184.216.34/hook")).await;
+    let (status, body) = call(
+        s,
+        "PATCH",
+        &format!("/api/v1/alert-rules/{id}"),
+        ADMIN,
+        Some(json!({"actions": {"webhook": {"url": "http://10.0.0.8/hook"}}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "unprocessable", "{body}");
+    let (status, body) = call(
+        s,
+        "PATCH",
+        &format!("/api/v1/alert-rules/{id}"),
+        ADMIN,
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    call(
+        s,
+        "DELETE",
+        &format!("/api/v1/alert-rules/{id}"),
+        ADMIN,
+        None,
+    )
+    .await;
+
+    // At delivery time, after resolution: `127.1` is no address literal to
+    // the create-time check, but the resolver makes it 127.0.0.1. The
+    // receiver must never be called, and the refusal is not retried.
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(receiver.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let id = create_rule(s, ADMIN, rule(&format!("http://127.1:{port}/hook"))).await;
+    h.ingest("gate-01", vec![detection("truck", Utc::now(), None, None)])
+        .await;
+    let d = settled_delivery(&h, id).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(d["attempts"], 1, "refused at once, not retried: {d}");
+    let error = d["attempt_log"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("127.0.0.1") && error.contains("loopback"),
+        "{d}"
+    );
+    assert!(receiver.calls.lock().expect("lock").is_empty());
+    assert_eq!(h.alerts_of(id).await.len(), 1, "the alert itself is kept");
 }
 
 #[tokio::test]

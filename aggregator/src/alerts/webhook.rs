@@ -6,6 +6,7 @@
 //! seconds, fresh for every attempt), so a receiver can check both that the
 //! body is ours and that it is recent. See docs/OPERATIONS.md.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,159 @@ pub fn backoff(n: u32, base: Duration, max: Duration) -> Duration {
     half + Duration::from_secs_f64(half.as_secs_f64() * rand::rng().random::<f64>())
 }
 
+/// Why an address is no place for a webhook, or `None` for a public one:
+/// loopback, private (RFC 1918, unique local), shared (RFC 6598),
+/// link-local (cloud metadata lives there), unspecified, multicast and
+/// broadcast addresses reach the aggregator's own host or network, not a
+/// receiver on the internet. IPv4 inside IPv6 (mapped, NAT64) counts as the
+/// IPv4 address.
+pub fn internal_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => internal_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return internal_v4(v4);
+            }
+            let seg = v6.segments();
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return internal_v4(Ipv4Addr::new(
+                    (seg[6] >> 8) as u8,
+                    seg[6] as u8,
+                    (seg[7] >> 8) as u8,
+                    seg[7] as u8,
+                ));
+            }
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if seg[0] & 0xfe00 == 0xfc00 {
+                Some("private")
+            } else if seg[0] & 0xffc0 == 0xfe80 || seg[0] & 0xffc0 == 0xfec0 {
+                Some("link-local")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() || (o[0] == 100 && (64..128).contains(&o[1])) {
+        Some("private")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else if o[0] == 0 {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_broadcast() {
+        Some("broadcast")
+    } else {
+        None
+    }
+}
+
+/// What to tell an operator whose webhook points inside.
+fn refusal(what: &str, kind: &str) -> String {
+    format!(
+        "{what} is a {kind} address: webhooks may not reach the aggregator's own host or \
+         network unless alerts.allow_private_webhooks is set"
+    )
+}
+
+/// The check at rule create/update time: the URL's host must not be an
+/// internal address literal or a `localhost` name. Names are resolved, and
+/// checked again, at every delivery (see [`GuardedResolver`]); a name that
+/// resolves inside is refused then.
+pub fn check_destination(url: &str, allow_private: bool) -> Result<(), String> {
+    if allow_private {
+        return Ok(());
+    }
+    let Some(host) = url
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+    else {
+        return Ok(()); // the URL check proper reports what is wrong with it
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        if let Some(kind) = internal_address(ip) {
+            return Err(refusal(&format!("actions.webhook.url host {host}"), kind));
+        }
+    }
+    let name = bare.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return Err(refusal(
+            &format!("actions.webhook.url host {host}"),
+            "loopback",
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves webhook hosts like ureq does, then drops internal addresses
+/// unless they are allowed. The connection goes to the addresses checked
+/// here, so a name that resolves differently later (DNS rebinding) cannot
+/// slip past the check.
+#[derive(Debug)]
+pub struct GuardedResolver {
+    allow_private: bool,
+    inner: ureq::unversioned::resolver::DefaultResolver,
+}
+
+/// The error of a delivery whose host resolves to internal addresses only.
+#[derive(Debug)]
+pub struct InternalDestination(pub String);
+
+impl std::fmt::Display for InternalDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InternalDestination {}
+
+impl ureq::unversioned::resolver::Resolver for GuardedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let found = self.inner.resolve(uri, config, timeout)?;
+        if self.allow_private {
+            return Ok(found);
+        }
+        let mut kept = self.inner.empty();
+        let mut refused = None;
+        for addr in found.iter() {
+            match internal_address(addr.ip()) {
+                None => kept.push(*addr),
+                Some(kind) => refused = refused.or(Some((addr.ip(), kind))),
+            }
+        }
+        match refused {
+            Some((ip, kind)) if kept.is_empty() => {
+                Err(ureq::Error::Other(Box::new(InternalDestination(refusal(
+                    &format!(
+                        "{} resolves to {ip}, which",
+                        uri.host().unwrap_or("the host")
+                    ),
+                    kind,
+                )))))
+            }
+            _ => Ok(kept),
+        }
+    }
+}
+
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
@@ -72,6 +226,8 @@ enum Outcome {
     Retry(Option<u16>, String),
     /// The receiver refused it for good (other 4xx, or a redirect).
     Refused(u16, String),
+    /// The host is (or resolves to) an internal address: never sent.
+    Blocked(String),
 }
 
 /// Sends webhooks: one shared HTTP agent and a limit on requests in flight.
@@ -97,16 +253,29 @@ pub struct Job {
 
 impl WebhookSender {
     pub fn new(store: AlertStore, settings: AlertSettings) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(settings.webhook_timeout))
             // Every status is an answer to log, not an error to unwrap.
             .http_status_as_error(false)
             // A redirect would re-send the signed body somewhere unchecked.
             .max_redirects(0)
             .max_redirects_will_error(false)
-            .user_agent(concat!("edgeqi-aggregator/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .user_agent(concat!("edgeqi-aggregator/", env!("CARGO_PKG_VERSION")));
+        // Through a proxy the resolver would check the proxy's address, not
+        // the receiver's: with the address guard on, webhooks go direct.
+        let config = if settings.allow_private_webhooks {
+            config
+        } else {
+            config.proxy(None)
+        };
+        let agent = ureq::Agent::with_parts(
+            config.build(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            GuardedResolver {
+                allow_private: settings.allow_private_webhooks,
+                inner: Default::default(),
+            },
+        );
         Self {
             agent,
             slots: Arc::new(Semaphore::new(settings.webhook_concurrency.max(1))),
@@ -151,6 +320,9 @@ impl WebhookSender {
             }
             Ok(Ok(code)) => Outcome::Refused(code, format!("HTTP {code}")),
             Ok(Err(ureq::Error::Timeout(t))) => Outcome::Retry(None, format!("timed out ({t})")),
+            Ok(Err(ureq::Error::Other(e))) if e.is::<InternalDestination>() => {
+                Outcome::Blocked(e.to_string())
+            }
             Ok(Err(e)) => Outcome::Retry(None, e.to_string()),
         }
     }
@@ -182,6 +354,7 @@ impl WebhookSender {
             let (status_code, error, attempt_outcome, status) = match &outcome {
                 Outcome::Delivered(c) => (Some(*c), None, "delivered", "delivered"),
                 Outcome::Refused(c, e) => (Some(*c), Some(e.clone()), "failed", "failed"),
+                Outcome::Blocked(e) => (None, Some(e.clone()), "failed", "failed"),
                 Outcome::Retry(c, e) if last => (*c, Some(e.clone()), "failed", "failed"),
                 Outcome::Retry(c, e) => (*c, Some(e.clone()), "retry", "pending"),
             };
@@ -260,6 +433,62 @@ mod tests {
             &sig
         ));
         assert!(!verify(b"k", 1, b"", "sha256=zz"));
+    }
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        let kind = |s: &str| internal_address(s.parse().expect(s));
+        for (ip, want) in [
+            ("127.0.0.1", Some("loopback")),
+            ("127.255.0.9", Some("loopback")),
+            ("::1", Some("loopback")),
+            ("10.0.0.1", Some("private")),
+            ("172.16.0.1", Some("private")),
+            ("172.31.255.254", Some("private")),
+            ("192.168.0.1", Some("private")),
+            ("100.64.0.1", Some("private")),
+            ("fd12:3456::1", Some("private")),
+            ("169.254.169.254", Some("link-local")),
+            ("fe80::1", Some("link-local")),
+            ("0.0.0.0", Some("unspecified")),
+            ("::", Some("unspecified")),
+            ("224.0.0.251", Some("multicast")),
+            ("ff02::1", Some("multicast")),
+            ("255.255.255.255", Some("broadcast")),
+            ("::ffff:10.1.1.1", Some("private")),
+            ("64:ff9b::7f00:1", Some("loopback")),
+            ("8.8.8.8", None),
+            ("172.32.0.1", None),
+            ("100.128.0.1", None),
+            ("93.184.216.34", None),
+            ("2606:4700::1111", None),
+            ("::ffff:8.8.8.8", None),
+        ] {
+            assert_eq!(kind(ip), want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn rule_urls_naming_internal_hosts_are_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1/x",
+            "http://[::1]:8080/x",
+            "http://LOCALHOST/x",
+            "http://localhost./x",
+            "http://db.localhost/x",
+            "http://192.168.1.1/x",
+        ] {
+            let e = check_destination(url, false).expect_err(url);
+            assert!(e.contains("alerts.allow_private_webhooks"), "{e}");
+            assert!(check_destination(url, true).is_ok(), "{url} allowed");
+        }
+        for url in [
+            "https://hooks.example.com/x",
+            "http://8.8.8.8/x",
+            "http://[2606:4700::1111]/x",
+        ] {
+            assert!(check_destination(url, false).is_ok(), "{url}");
+        }
     }
 
     #[test]

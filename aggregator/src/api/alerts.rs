@@ -99,6 +99,24 @@ async fn apply(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a webhook URL that points inside (unless the aggregator allows
+/// it); `before` is the URL the rule had, which a patch that leaves the
+/// webhook alone may keep.
+fn check_webhook_destination(
+    state: &AppState,
+    spec: &crate::alerts::RuleSpec,
+    before: Option<&str>,
+) -> Result<(), ApiError> {
+    match &spec.actions.webhook {
+        Some(w) if Some(w.url.as_str()) != before => crate::alerts::webhook::check_destination(
+            &w.url,
+            state.alerts.settings.allow_private_webhooks,
+        )
+        .map_err(ApiError::Unprocessable),
+        _ => Ok(()),
+    }
+}
+
 /// `POST /api/v1/alert-rules` (operator): a rule, or a watchlist
 /// (`"kind":"watchlist"`). A global admin may give `tenant_id`.
 #[utoipa::path(post, path = "/alert-rules", tag = "alerts", operation_id = "create_alert_rule",
@@ -106,7 +124,7 @@ async fn apply(state: &AppState) -> Result<(), ApiError> {
     request_body(content = Object, description = "an alert rule or watchlist (see README, Alert rules)"),
     responses(
         (status = 201, description = "the stored rule (the webhook secret is never shown)", body = Object),
-        (status = 422, description = "the rule is invalid; the message says why", body = ErrorBody),
+        (status = 422, description = "the rule is invalid (the message says why), or its webhook URL is an internal address (see alerts.allow_private_webhooks)", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -142,6 +160,7 @@ pub async fn create(
     let spec = RuleInput::from_json(body)
         .and_then(RuleInput::validate)
         .map_err(ApiError::Unprocessable)?;
+    check_webhook_destination(&state, &spec, None)?;
     let rule = state
         .alerts
         .store
@@ -201,7 +220,7 @@ pub async fn get(
     request_body(content = Object, description = "a JSON merge patch (RFC 7386) over the rule"),
     responses((status = 200, description = "the changed rule", body = Object),
         (status = 404, description = "no such rule, or another tenant's", body = ErrorBody),
-        (status = 422, description = "the patched rule is invalid", body = ErrorBody)))]
+        (status = 422, description = "the patched rule is invalid, or its new webhook URL is an internal address", body = ErrorBody)))]
 pub async fn patch(
     State(state): State<AppState>,
     Authed(who): AsOperator,
@@ -226,6 +245,13 @@ pub async fn patch(
     let spec = RuleInput::from_json(merged)
         .and_then(RuleInput::validate)
         .map_err(ApiError::Unprocessable)?;
+    let old_url = current
+        .spec
+        .actions
+        .webhook
+        .as_ref()
+        .map(|w| w.url.as_str());
+    check_webhook_destination(&state, &spec, old_url)?;
     let (before, after) = state
         .alerts
         .store
