@@ -170,14 +170,21 @@ function scheduleNodesReload() {
   if (!nodesTimer) nodesTimer = setTimeout(() => { nodesTimer = null; loadNodes().catch(() => {}); }, 300);
 }
 
+/** Every node, page after page (the list is paginated like every other). */
 export async function loadNodes() {
-  const body = await api('/api/v1/nodes');
   const seen = new Set();
-  for (const n of body.items || []) {
-    seen.add(n.node_id);
-    state.nodes.set(n.node_id, { ...state.nodes.get(n.node_id), ...n });
-    if (n.last_heartbeat) recordHeartbeat(n.last_heartbeat);
-  }
+  let cursor = null;
+  do {
+    const q = new URLSearchParams({ limit: '1000' });
+    if (cursor) q.set('cursor', cursor);
+    const body = await api(`/api/v1/nodes?${q}`);
+    for (const n of body.items || []) {
+      seen.add(n.node_id);
+      state.nodes.set(n.node_id, { ...state.nodes.get(n.node_id), ...n });
+      if (n.last_heartbeat) recordHeartbeat(n.last_heartbeat);
+    }
+    cursor = body.next_cursor;
+  } while (cursor);
   for (const id of [...state.nodes.keys()]) if (!seen.has(id)) state.nodes.delete(id);
   emit('nodes');
 }

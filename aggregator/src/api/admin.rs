@@ -11,8 +11,8 @@ use serde_json::json;
 use super::auth::{
     api_key_digest, hash_password, new_api_key, AsAdmin, AsViewer, Authed, Principal,
 };
-use super::export::{respond, respond_all, Column, Format, ListFormat, PageFuture};
-use super::openapi::{Items, Page};
+use super::export::{respond, sorted_pages, Column, Format, ListFormat, PageFuture, PageParams};
+use super::openapi::Page;
 use super::{ApiError, AppState, JsonBody};
 use crate::accounts::{AccountError, ApiKey, AuditEntry, AuditRecord, Role, Tenant, User};
 
@@ -177,18 +177,22 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-/// Users of the caller's tenant, or all for a global admin.
+/// Users of the caller's tenant, or all for a global admin, by id.
 #[utoipa::path(get, path = "/users", tag = "accounts", operation_id = "list_users",
-    security(("jwt" = ["admin"])),
-    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
-        content((Items<User> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
+    security(("jwt" = ["admin"])), params(PageParams),
+    responses(
+        (status = 200, description = "one page as JSON, or every user as CSV or NDJSON (`format=`)",
+            content((Page<User> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "a cursor this API did not return", body = super::openapi::ErrorBody)))]
 pub async fn list_users(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
     ListFormat(format): ListFormat,
+    Query(p): Query<PageParams>,
 ) -> Result<Response, ApiError> {
-    let items = state.accounts.users(who.scope()).await?;
-    Ok(respond_all(
+    let rows = state.accounts.users(who.scope()).await?;
+    let pages = sorted_pages(rows, |u: &User| u.id, p.limit(format));
+    respond(
         format,
         &[
             ("id", "id"),
@@ -197,8 +201,10 @@ pub async fn list_users(
             ("tenant_id", "tenant_id"),
             ("created_at", "created_at"),
         ],
-        items,
-    ))
+        p.cursor,
+        pages,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -248,25 +254,31 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
-/// All tenants for a global caller, otherwise the caller's own.
+/// All tenants for a global caller, otherwise the caller's own, by id.
 #[utoipa::path(get, path = "/tenants", tag = "accounts", operation_id = "list_tenants",
-    security(("jwt" = ["viewer"])),
-    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
-        content((Items<Tenant> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
+    security(("jwt" = ["viewer"])), params(PageParams),
+    responses(
+        (status = 200, description = "one page as JSON, or every tenant as CSV or NDJSON (`format=`)",
+            content((Page<Tenant> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "a cursor this API did not return", body = super::openapi::ErrorBody)))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     ListFormat(format): ListFormat,
+    Query(p): Query<PageParams>,
 ) -> Result<Response, ApiError> {
-    let items = match who.tenant_id {
+    let rows = match who.tenant_id {
         None => state.accounts.tenants().await?,
         Some(t) => state.accounts.tenant(t).await?.into_iter().collect(),
     };
-    Ok(respond_all(
+    let pages = sorted_pages(rows, |t: &Tenant| t.id, p.limit(format));
+    respond(
         format,
         &[("id", "id"), ("name", "name"), ("created_at", "created_at")],
-        items,
-    ))
+        p.cursor,
+        pages,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -339,18 +351,24 @@ pub async fn create_api_key(
     ))
 }
 
-/// API keys of the caller's tenant, or all for a global admin (never the key itself).
+/// API keys of the caller's tenant, or all for a global admin (never the
+/// key itself), newest first.
 #[utoipa::path(get, path = "/api-keys", tag = "accounts", operation_id = "list_api_keys",
-    security(("jwt" = ["admin"])),
-    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
-        content((Items<ApiKey> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
+    security(("jwt" = ["admin"])), params(PageParams),
+    responses(
+        (status = 200, description = "one page as JSON, or every key as CSV or NDJSON (`format=`)",
+            content((Page<ApiKey> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "a cursor this API did not return", body = super::openapi::ErrorBody)))]
 pub async fn list_api_keys(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
     ListFormat(format): ListFormat,
+    Query(p): Query<PageParams>,
 ) -> Result<Response, ApiError> {
-    let items = state.accounts.api_keys(who.scope()).await?;
-    Ok(respond_all(
+    let rows = state.accounts.api_keys(who.scope()).await?;
+    // Newest first, as the store lists them.
+    let pages = sorted_pages(rows, |k: &ApiKey| -k.id, p.limit(format));
+    respond(
         format,
         &[
             ("id", "id"),
@@ -360,8 +378,10 @@ pub async fn list_api_keys(
             ("created_by", "created_by"),
             ("created_at", "created_at"),
         ],
-        items,
-    ))
+        p.cursor,
+        pages,
+    )
+    .await
 }
 
 /// Revokes an API key at once (admin; another tenant's is a 404). Audited.

@@ -3,12 +3,11 @@
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 
 use super::auth::{AsViewer, Authed};
-use super::export::{respond, Column, Format, ListFormat, PageFuture};
-use super::openapi::{Binary, Items, Page};
+use super::export::{respond, sorted_pages, Column, Format, ListFormat, PageFuture, PageParams};
+use super::openapi::{Binary, Page};
 use super::{visible_nodes, ApiError, AppState};
 use crate::events::{EventQuery, LineTotal, StoredEvent};
 
@@ -125,15 +124,47 @@ pub async fn snapshot(
     Ok(([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response())
 }
 
-/// Crossings per line, class and direction over the caller's nodes.
+/// Crossings per line, class and direction over the caller's nodes, by
+/// node, camera, line, label and direction.
 #[utoipa::path(get, path = "/stats/lines", tag = "events", operation_id = "line_totals",
-    security(("jwt" = ["viewer"])), responses((status = 200, body = Items<LineTotal>)))]
+    security(("jwt" = ["viewer"])), params(PageParams),
+    responses(
+        (status = 200, description = "one page as JSON, or every total as CSV or NDJSON (`format=`)",
+            content((Page<LineTotal> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "a cursor this API did not return", body = super::openapi::ErrorBody)))]
 pub async fn lines(
     State(state): State<AppState>,
     Authed(who): AsViewer,
-) -> Result<Json<Items<LineTotal>>, ApiError> {
+    ListFormat(format): ListFormat,
+    Query(p): Query<PageParams>,
+) -> Result<Response, ApiError> {
     let nodes = visible_nodes(&state, &who).await?;
-    Ok(Json(Items {
-        items: state.events.line_totals(nodes).await?,
-    }))
+    let rows = state.events.line_totals(nodes).await?;
+    let pages = sorted_pages(
+        rows,
+        |t: &LineTotal| {
+            (
+                t.node_id.clone(),
+                t.camera_id.clone(),
+                t.line.clone(),
+                t.label.clone(),
+                t.direction.clone(),
+            )
+        },
+        p.limit(format),
+    );
+    respond(
+        format,
+        &[
+            ("node_id", "node_id"),
+            ("camera_id", "camera_id"),
+            ("line", "line"),
+            ("label", "label"),
+            ("direction", "direction"),
+            ("count", "count"),
+        ],
+        p.cursor,
+        pages,
+    )
+    .await
 }

@@ -146,6 +146,74 @@ where
     Ok(resp)
 }
 
+/// `?limit=&cursor=` of a list whose rows the handler holds in memory (see [`sorted_pages`]).
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// 1..=1000, default 100.
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    /// Rows per page: `limit` for JSON, 1000 per chunk for the streamed formats.
+    pub fn limit(&self, format: Format) -> usize {
+        match format {
+            Format::Json => self.limit.unwrap_or(100).clamp(1, 1000),
+            _ => 1000,
+        }
+    }
+}
+
+/// The answer to a cursor this API did not hand out.
+pub fn bad_cursor(c: &str) -> ApiError {
+    ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"))
+}
+
+/// A page fetcher for [`respond`] over rows the handler already holds
+/// (users, tenants, nodes, line totals, area scores: short lists, or
+/// aggregates computed per request). The rows are put in the order of
+/// `key`, which must be unique; a cursor is the key of the previous page's
+/// last row (base64 of its JSON), so a row added or removed between two
+/// requests neither repeats nor hides the rows after it.
+pub fn sorted_pages<T, K>(
+    mut rows: Vec<T>,
+    key: fn(&T) -> K,
+    limit: usize,
+) -> impl FnMut(Option<String>) -> PageFuture<T> + Send + 'static
+where
+    T: Serialize + Clone + Send + Sync + 'static,
+    K: Ord + Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    rows.sort_by_cached_key(key);
+    let rows = std::sync::Arc::new(rows);
+    move |cursor: Option<String>| -> PageFuture<T> {
+        let rows = rows.clone();
+        Box::pin(async move {
+            let start = match cursor {
+                None => 0,
+                Some(c) => {
+                    let after: K = B64
+                        .decode(&c)
+                        .ok()
+                        .and_then(|json| serde_json::from_slice(&json).ok())
+                        .ok_or_else(|| bad_cursor(&c))?;
+                    rows.partition_point(|r| key(r) <= after)
+                }
+            };
+            let end = (start + limit.max(1)).min(rows.len());
+            let next = (end < rows.len())
+                .then(|| serde_json::to_vec(&key(&rows[end - 1])).ok())
+                .flatten()
+                .map(|json| B64.encode(json));
+            Ok((rows[start..end].to_vec(), next))
+        })
+    }
+}
+
 /// Answers a short, unpaged list: `{"items"}` as JSON, or all of it as CSV or NDJSON.
 pub fn respond_all<T: Serialize>(format: Format, columns: &[Column], items: Vec<T>) -> Response {
     if format == Format::Json {

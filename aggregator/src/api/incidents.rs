@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::admin::{audit, remote_addr};
 use super::auth::{AsOperator, AsViewer, Authed, Principal};
-use super::export::{respond, Column, Format, ListFormat, PageFuture};
+use super::export::{respond, sorted_pages, Column, Format, ListFormat, PageFuture, PageParams};
 use super::openapi::{Binary, ErrorBody, Page};
 use super::{ApiError, AppState, JsonBody};
 use crate::incidents::service::severity;
@@ -669,22 +669,32 @@ pub struct AreaParams {
     cell_deg: Option<f64>,
 }
 
-/// `GET /api/v1/analytics/areas`
+/// `GET /api/v1/analytics/areas`: one page of areas by rank.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Areas {
     pub cell_deg: f64,
     pub items: Vec<AreaScore>,
+    /// Pass back as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
 }
 
-/// Performance score (70% SLA compliance, 30% resolution speed) and rank per grid cell.
+/// Performance score (70% SLA compliance, 30% resolution speed) and rank per
+/// grid cell, best first. Scores are computed per request, so pages walk the
+/// ranking (the cursor is a rank): areas whose score changes between two
+/// requests may move across the page boundary.
 #[utoipa::path(get, path = "/analytics/areas", tag = "incidents", operation_id = "area_scores",
-    security(("jwt" = ["viewer"])), params(AreaParams),
-    responses((status = 200, body = Areas), (status = 400, description = "cell_deg out of range", body = ErrorBody)))]
+    security(("jwt" = ["viewer"])), params(AreaParams, PageParams),
+    responses(
+        (status = 200, description = "one page as JSON, or every area as CSV or NDJSON (`format=`)",
+            content((Areas = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "cell_deg out of range, or a cursor this API did not return", body = ErrorBody)))]
 pub async fn areas(
     State(state): State<AppState>,
     Authed(who): AsViewer,
+    ListFormat(format): ListFormat,
     Query(p): Query<AreaParams>,
-) -> Result<Json<Areas>, ApiError> {
+    Query(page): Query<PageParams>,
+) -> Result<Response, ApiError> {
     let cell = p.cell_deg.unwrap_or(0.01);
     if !(0.0001..=10.0).contains(&cell) {
         return Err(ApiError::BadRequest(
@@ -692,10 +702,34 @@ pub async fn areas(
         ));
     }
     let all = all_incidents(&state, &who).await?;
-    Ok(Json(Areas {
-        cell_deg: cell,
-        items: area_scores(&all, &state.incidents.sla, cell, Utc::now()),
-    }))
+    let rows = area_scores(&all, &state.incidents.sla, cell, Utc::now());
+    let mut pages = sorted_pages(rows, |a: &AreaScore| a.rank, page.limit(format));
+    if format == Format::Json {
+        let (items, next_cursor) = pages(page.cursor).await?;
+        return Ok(Json(Areas {
+            cell_deg: cell,
+            items,
+            next_cursor,
+        })
+        .into_response());
+    }
+    respond(
+        format,
+        &[
+            ("rank", "rank"),
+            ("area", "area"),
+            ("lat", "center.0"),
+            ("lng", "center.1"),
+            ("incidents", "incidents"),
+            ("resolved", "resolved"),
+            ("sla_compliance", "sla_compliance"),
+            ("speed", "speed"),
+            ("score", "score"),
+        ],
+        page.cursor,
+        pages,
+    )
+    .await
 }
 
 async fn all_incidents(state: &AppState, who: &Principal) -> Result<Vec<Incident>, ApiError> {

@@ -216,20 +216,73 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-/// A node as the API shows it: the registry record and whether it is online now.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// A node as the API shows it: what the registry knows of it and whether it
+/// is online now. A node provisioned with `POST /api/v1/nodes` that has not
+/// reported yet has `reported: false` and null times.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
-    #[serde(flatten)]
-    pub node: NodeRecord,
+    pub node_id: String,
     pub online: bool,
+    /// Whether anything (heartbeat, status, detections) ever came from it.
+    pub reported: bool,
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Null until it has reported.
+    pub heartbeat_interval_s: Option<u32>,
+    /// Last status message (retained / last will), if any.
+    pub status_online: Option<bool>,
+    pub status_ts: Option<DateTime<Utc>>,
+    /// The latest heartbeat as the agent sent it (docs/PROTOCOL.md).
+    #[schema(value_type = Option<Object>)]
+    pub last_heartbeat: Option<edgeqi_shared::Heartbeat>,
 }
 
-/// `GET /api/v1/nodes/{id}`: the node, its detection ledger, its registered
-/// cameras and the remote config it runs against the one it should.
+impl NodeView {
+    fn new(n: NodeRecord, now: DateTime<Utc>) -> Self {
+        Self {
+            online: n.is_online(now),
+            reported: true,
+            node_id: n.node_id,
+            first_seen: Some(n.first_seen),
+            last_seen: Some(n.last_seen),
+            last_heartbeat_at: n.last_heartbeat_at,
+            heartbeat_interval_s: Some(n.heartbeat_interval_s),
+            status_online: n.status_online,
+            status_ts: n.status_ts,
+            last_heartbeat: n.last_heartbeat,
+        }
+    }
+
+    /// A node that is known (provisioned, or given cameras) but never reported.
+    fn never_reported(node_id: String) -> Self {
+        Self {
+            node_id,
+            online: false,
+            reported: false,
+            first_seen: None,
+            last_seen: None,
+            last_heartbeat_at: None,
+            heartbeat_interval_s: None,
+            status_online: None,
+            status_ts: None,
+            last_heartbeat: None,
+        }
+    }
+}
+
+/// `GET /api/v1/nodes/{id}`: the node, its tenant and MQTT login state, its
+/// detection ledger, its registered cameras and the remote config it runs
+/// against the one it should.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NodeDetail {
     #[serde(flatten)]
     pub node: NodeView,
+    /// The tenant it was provisioned into; null for a node that reported
+    /// without being provisioned (anonymous or external broker).
+    pub tenant_id: Option<i64>,
+    /// Whether it holds MQTT credentials for the embedded broker.
+    pub mqtt_credentials: bool,
     pub ledger: Vec<LedgerEntry>,
     pub config: cameras::ConfigStatus,
     pub cameras: Vec<crate::registry::RegisteredCamera>,
@@ -242,31 +295,29 @@ pub struct Ledger {
     pub epochs: Vec<LedgerEntry>,
 }
 
-fn node_view(n: NodeRecord, now: DateTime<Utc>) -> NodeView {
-    NodeView {
-        online: n.is_online(now),
-        node: n,
-    }
-}
-
-/// The nodes the caller may see, with their latest heartbeat and online state.
+/// The nodes the caller may see that have reported, by node id, with their
+/// latest heartbeat and online state.
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes",
-    security(("jwt" = ["viewer"])),
-    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
-        content((Items<NodeView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
+    security(("jwt" = ["viewer"])), params(export::PageParams),
+    responses(
+        (status = 200, description = "one page as JSON, or every node as CSV or NDJSON (`format=`)",
+            content((Page<NodeView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "a cursor this API did not return", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn list_nodes(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     ListFormat(format): ListFormat,
+    Query(p): Query<export::PageParams>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
     let mut nodes = state.store.nodes().await?;
     if let Some(visible) = visible_nodes(&state, &who).await? {
         nodes.retain(|n| visible.contains(&n.node_id));
     }
-    let items: Vec<_> = nodes.into_iter().map(|n| node_view(n, now)).collect();
-    Ok(export::respond_all(
+    let rows: Vec<_> = nodes.into_iter().map(|n| NodeView::new(n, now)).collect();
+    let pages = export::sorted_pages(rows, |n: &NodeView| n.node_id.clone(), p.limit(format));
+    export::respond(
         format,
         &[
             ("node_id", "node_id"),
@@ -278,12 +329,16 @@ async fn list_nodes(
             ("status_online", "status_online"),
             ("status_ts", "status_ts"),
         ],
-        items,
-    ))
+        p.cursor,
+        pages,
+    )
+    .await
 }
 
-/// One node with its ledger, registered cameras and remote config status
-/// (desired against applied); another tenant's node is a 404.
+/// One node with its tenant, ledger, registered cameras and remote config
+/// status (desired against applied). A node that was provisioned (or given
+/// cameras) but never reported is shown offline with null times and no
+/// heartbeat; another tenant's node is a 404.
 #[utoipa::path(get, path = "/nodes/{id}", tag = "nodes", operation_id = "get_node",
     security(("jwt" = ["viewer"])),
     params(("id" = String, Path, description = "node id")),
@@ -294,19 +349,34 @@ async fn get_node(
     Authed(who): AsViewer,
     Path(id): Path<String>,
 ) -> Result<Json<NodeDetail>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no node {id:?}"));
+    if !edgeqi_shared::topic::is_valid_node_id(&id) {
+        return Err(not_found());
+    }
     ensure_node_visible(&state, &who, &id).await?;
-    let node = state
-        .store
-        .node(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))?;
+    let record = state.store.node(&id).await?;
+    let tenant_id = state.accounts.node_tenant(&id).await?;
+    let mqtt_credentials = state.node_credentials.exists(&id).await?;
+    let cameras = state.registry.cameras(&id).await?;
     let desired = state.registry.desired(&id).await?;
-    let config = cameras::config_status(desired, node.last_heartbeat.as_ref());
+    if record.is_none() && tenant_id.is_none() && !mqtt_credentials && desired.is_none() {
+        return Err(not_found());
+    }
+    let config = cameras::config_status(
+        desired,
+        record.as_ref().and_then(|n| n.last_heartbeat.as_ref()),
+    );
+    let node = match record {
+        Some(n) => NodeView::new(n, Utc::now()),
+        None => NodeView::never_reported(id.clone()),
+    };
     Ok(Json(NodeDetail {
-        node: node_view(node, Utc::now()),
+        node,
+        tenant_id,
+        mqtt_credentials,
         ledger: state.store.ledger(&id).await?,
         config,
-        cameras: state.registry.cameras(&id).await?,
+        cameras,
     }))
 }
 

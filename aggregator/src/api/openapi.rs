@@ -91,8 +91,9 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// A page of a list, newest first. Pass `next_cursor` back as `cursor` for
-/// the next page; it is `null` on the last one.
+/// A page of a list, in the list's order (newest first for records,
+/// by id or name for accounts and nodes). Pass `next_cursor` back as
+/// `cursor` for the next page; it is `null` on the last one.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,

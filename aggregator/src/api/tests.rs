@@ -1932,3 +1932,360 @@ async fn measure_csv_export_against_json_paging() {
         seen as f64 / json.as_secs_f64()
     );
 }
+
+/// Walks `uri` (which has a query string) page by page with `limit`,
+/// checking every page's size, and returns every item in the order served.
+async fn walk_pages(s: &AppState, uri: &str, limit: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..1000 {
+        let page_uri = match &cursor {
+            None => format!("{uri}&limit={limit}"),
+            Some(c) => format!("{uri}&limit={limit}&cursor={c}"),
+        };
+        let (status, body) = get(s, &page_uri, None).await;
+        assert_eq!(status, StatusCode::OK, "{page_uri}: {body}");
+        let items = body["items"].as_array().expect("items");
+        assert!(
+            items.len() <= limit,
+            "{page_uri}: {} > {limit}",
+            items.len()
+        );
+        out.extend(items.iter().cloned());
+        match body["next_cursor"].as_str() {
+            Some(c) => {
+                assert_eq!(items.len(), limit, "only the last page is short: {body}");
+                cursor = Some(c.to_owned());
+            }
+            None => return out,
+        }
+    }
+    panic!("{uri}: pages never end");
+}
+
+#[tokio::test]
+async fn every_list_pages_with_limit_and_cursor() {
+    use crate::incidents::{DedupWindow, NewIncident, Severity};
+    use edgeqi_shared::protocol::{EventBatch, LineCount};
+    let f = fixture();
+    let s = &f.state;
+    let mut tenant = 0;
+    for i in 0..7 {
+        let (status, t) = send(
+            s,
+            "POST",
+            "/api/v1/tenants",
+            Some(ADMIN),
+            Some(serde_json::json!({"name": format!("paged-{i}")})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{t}");
+        tenant = t["id"].as_i64().expect("id");
+    }
+    for i in 0..7 {
+        let (status, u) = create_user(s, ADMIN, serde_json::json!({"username": format!("pager-{i}"), "password": "password-p-1", "role": "viewer", "tenant_id": tenant})).await;
+        assert_eq!(status, StatusCode::CREATED, "{u}");
+        let (status, k) = send(
+            s,
+            "POST",
+            "/api/v1/api-keys",
+            Some(ADMIN),
+            Some(serde_json::json!({"name": format!("key-{i}"), "role": "viewer", "tenant_id": tenant})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{k}");
+    }
+    let now = Utc::now();
+    for i in 0..7 {
+        let node = format!("node-{i}");
+        let batch = DetectionBatch {
+            v: 1,
+            node_id: node.clone(),
+            epoch: "e".into(),
+            seq: 1,
+            sent_at: now,
+            detections: vec![],
+            counts: vec![],
+        };
+        s.store.ingest_batch(&batch).await.expect("node");
+        let line = |line: &str, direction: &str| LineCount {
+            camera_id: "north".into(),
+            line: line.into(),
+            label: "car".into(),
+            direction: direction.into(),
+            count: 2,
+            since: now,
+        };
+        s.events
+            .record_events(EventBatch {
+                v: 1,
+                node_id: node,
+                sent_at: now,
+                events: vec![],
+                line_counts: vec![line("stop", "left_to_right"), line("stop", "right_to_left")],
+            })
+            .await
+            .expect("line counts");
+    }
+    for i in 0..7 {
+        s.incidents
+            .store
+            .open_or_join(
+                NewIncident {
+                    tenant_id: None,
+                    category: "pothole".into(),
+                    severity: Severity::Medium,
+                    title: format!("pothole {i}"),
+                    lat: Some(10.0 + f64::from(i)),
+                    lng: Some(20.0),
+                    source: "report".into(),
+                },
+                DedupWindow::default(),
+                s.incidents.sla.sla("pothole", Severity::Medium),
+            )
+            .await
+            .expect("incident");
+    }
+
+    // (list, query, how many there are at least, what identifies an item)
+    let lists: [(&str, usize, fn(&serde_json::Value) -> String); 6] = [
+        ("/api/v1/users?", 7, |v| v["id"].to_string()),
+        ("/api/v1/tenants?", 7, |v| v["id"].to_string()),
+        ("/api/v1/api-keys?", 7, |v| v["id"].to_string()),
+        ("/api/v1/nodes?", 7, |v| v["node_id"].to_string()),
+        ("/api/v1/stats/lines?", 14, |v| {
+            format!("{}/{}/{}", v["node_id"], v["line"], v["direction"])
+        }),
+        ("/api/v1/analytics/areas?cell_deg=0.5", 7, |v| {
+            v["area"].to_string()
+        }),
+    ];
+    for (uri, at_least, id) in lists {
+        // One page holding everything is the reference.
+        let (status, all) = get(s, &format!("{uri}&limit=1000"), None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {all}");
+        assert!(all["next_cursor"].is_null(), "{uri}: {all}");
+        let all: Vec<String> = all["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(id)
+            .collect();
+        assert!(all.len() >= at_least, "{uri}: {all:?}");
+        // The default page is 100: these lists fit in one.
+        let (_, default) = get(s, uri, None).await;
+        assert_eq!(default["items"].as_array().map(Vec::len), Some(all.len()));
+        for limit in [1, 2, 3] {
+            let walked: Vec<String> = walk_pages(s, uri, limit).await.iter().map(id).collect();
+            assert_eq!(
+                walked, all,
+                "{uri} limit={limit}: same items, same order, once each"
+            );
+        }
+        let (status, first) = get(s, &format!("{uri}&limit=2"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(first["items"].as_array().map(Vec::len), Some(2), "{uri}");
+        assert!(first["next_cursor"].is_string(), "{uri}: {first}");
+        for bad in ["not-a-cursor", "e30", "%22%22"] {
+            let (status, body) = get(s, &format!("{uri}&cursor={bad}"), None).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{uri} cursor={bad}: {body}"
+            );
+            assert_eq!(body["error"]["code"], "bad_request", "{body}");
+            assert!(body["error"]["message"].is_string(), "{body}");
+        }
+    }
+
+    // The document says so: `limit` and `cursor`, and a page with `next_cursor`.
+    let (_, doc) = send(s, "GET", "/api/v1/openapi.json", None, None).await;
+    for path in [
+        "/api/v1/users",
+        "/api/v1/tenants",
+        "/api/v1/api-keys",
+        "/api/v1/nodes",
+        "/api/v1/stats/lines",
+        "/api/v1/analytics/areas",
+    ] {
+        let op = &doc["paths"][path]["get"];
+        let params: Vec<&str> = op["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: no parameters"))
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(
+            params.contains(&"limit") && params.contains(&"cursor"),
+            "{path}: {params:?}"
+        );
+        let mut schema = &op["responses"]["200"]["content"]["application/json"]["schema"];
+        if let Some(r) = schema["$ref"].as_str() {
+            schema = &doc["components"]["schemas"][r.rsplit('/').next().unwrap_or("")];
+        }
+        assert!(
+            schema["properties"]["next_cursor"].is_object()
+                && schema["properties"]["items"].is_object(),
+            "{path}: {schema}"
+        );
+        assert!(
+            op["responses"]["400"].is_object(),
+            "{path}: bad cursor documented"
+        );
+    }
+
+    // Areas keep their grid size beside the page; CSV streams every row.
+    let (_, areas) = get(s, "/api/v1/analytics/areas?cell_deg=0.5&limit=2", None).await;
+    assert_eq!(areas["cell_deg"], 0.5);
+    assert_eq!(areas["items"][0]["rank"], 1);
+    assert_eq!(areas["items"][1]["rank"], 2);
+    let (status, _, csv) = raw(s, "/api/v1/stats/lines?format=csv&limit=1", ADMIN, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(parse_csv(&csv).len(), 1 + 14, "{csv}");
+
+    // A row added between two pages neither repeats nor hides the others.
+    let (_, first) = get(s, "/api/v1/tenants?limit=3", None).await;
+    let cursor = first["next_cursor"].as_str().expect("cursor").to_owned();
+    let (_, newest) = send(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "paged-late"})),
+    )
+    .await;
+    let (_, rest) = walk_pages_from(s, "/api/v1/tenants?limit=1000", &cursor).await;
+    let seen: Vec<i64> = first["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .chain(rest.iter())
+        .map(|t| t["id"].as_i64().expect("id"))
+        .collect();
+    let (_, everything) = get(s, "/api/v1/tenants?limit=1000", None).await;
+    let everything: Vec<i64> = everything["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|t| t["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(seen, everything);
+    assert!(seen.contains(&newest["id"].as_i64().expect("id")));
+}
+
+async fn walk_pages_from(
+    s: &AppState,
+    uri: &str,
+    cursor: &str,
+) -> (StatusCode, Vec<serde_json::Value>) {
+    let (status, body) = get(s, &format!("{uri}&cursor={cursor}"), None).await;
+    assert!(body["next_cursor"].is_null(), "{body}");
+    (
+        status,
+        body["items"].as_array().cloned().unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn a_provisioned_node_that_never_reported_is_shown() {
+    let f = fixture();
+    let s = &f.state;
+    let mut tenants = Vec::new();
+    for name in ["quiet-city", "other-city"] {
+        let (_, t) = send(
+            s,
+            "POST",
+            "/api/v1/tenants",
+            Some(ADMIN),
+            Some(serde_json::json!({"name": name})),
+        )
+        .await;
+        tenants.push(t["id"].as_i64().expect("tenant id"));
+    }
+    let (status, body) = send(
+        s,
+        "POST",
+        "/api/v1/nodes",
+        Some(ADMIN),
+        Some(serde_json::json!({"node_id": "quiet-1", "tenant_id": tenants[0]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(body["mqtt"]["password"].is_string(), "{body}");
+    let (status, body) = send(
+        s,
+        "POST",
+        "/api/v1/nodes/quiet-1/cameras",
+        Some(ADMIN),
+        Some(serde_json::json!({"camera_id": "north", "name": "North gate"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut tokens = Vec::new();
+    for (user, role, t) in [
+        ("quiet-viewer", "viewer", tenants[0]),
+        ("quiet-op", "operator", tenants[0]),
+        ("other-viewer", "viewer", tenants[1]),
+        ("other-admin", "admin", tenants[1]),
+    ] {
+        let (status, body) = create_user(s, ADMIN, serde_json::json!({"username": user, "password": "password-q-1", "role": role, "tenant_id": t})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, session) = login(s, user, "password-q-1").await;
+        tokens.push(session["token"].as_str().expect("token").to_owned());
+    }
+    let (viewer, other_viewer) = (&tokens[0], &tokens[2]);
+
+    // Never reported: 200, offline, no times, no heartbeat, its tenant,
+    // its cameras and a config it has not applied yet.
+    for token in [None, Some(viewer.as_str())] {
+        let (status, node) = get(s, "/api/v1/nodes/quiet-1", token).await;
+        assert_eq!(status, StatusCode::OK, "{node}");
+        assert_eq!(node["node_id"], "quiet-1");
+        assert_eq!(node["tenant_id"], tenants[0]);
+        assert_eq!(node["online"], false);
+        assert_eq!(node["reported"], false);
+        assert_eq!(node["mqtt_credentials"], true);
+        for field in [
+            "first_seen",
+            "last_seen",
+            "last_heartbeat_at",
+            "last_heartbeat",
+            "heartbeat_interval_s",
+        ] {
+            assert!(node[field].is_null(), "{field}: {node}");
+        }
+        assert_eq!(node["ledger"], serde_json::json!([]));
+        assert_eq!(node["cameras"][0]["camera_id"], "north", "{node}");
+        assert_eq!(node["config"]["desired_version"], 1, "{node}");
+        assert!(node["config"]["applied_version"].is_null(), "{node}");
+        assert_eq!(node["config"]["in_sync"], false, "{node}");
+    }
+    // The list shows nodes that reported.
+    let (_, list) = get(s, "/api/v1/nodes", None).await;
+    assert_eq!(list["items"], serde_json::json!([]), "{list}");
+    // Another tenant, and nodes nobody knows, get 404 with an error object.
+    for (uri, token) in [
+        ("/api/v1/nodes/quiet-1", Some(other_viewer.as_str())),
+        ("/api/v1/nodes/nobody-knows", None),
+        ("/api/v1/nodes/bad%20id", None),
+    ] {
+        let (status, body) = get(s, uri, token).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+    // Once it reports, it is a node like any other.
+    let batch = DetectionBatch {
+        v: 1,
+        node_id: "quiet-1".into(),
+        epoch: "e".into(),
+        seq: 1,
+        sent_at: Utc::now(),
+        detections: vec![],
+        counts: vec![],
+    };
+    s.store.ingest_batch(&batch).await.expect("batch");
+    let (_, node) = get(s, "/api/v1/nodes/quiet-1", None).await;
+    assert_eq!(node["reported"], true, "{node}");
+    assert!(node["first_seen"].is_string(), "{node}");
+    assert_eq!(node["ledger"][0]["acked_seq"], 1, "{node}");
+}
