@@ -106,6 +106,22 @@ impl NodeCredentials {
         Ok(password)
     }
 
+    /// Revokes `node_id`'s credentials: its password stops working and its
+    /// open connection is closed, as on rotation. `false` if it had none.
+    pub async fn revoke(&self, node_id: &str) -> StoreResult<bool> {
+        let n = node_id.to_owned();
+        let removed = self
+            .db
+            .with(move |c| -> StoreResult<usize> {
+                Ok(c.execute("DELETE FROM node_credentials WHERE node_id = ?1", [n])?)
+            })
+            .await?;
+        if removed > 0 {
+            let _ = self.rotated.send(node_id.to_owned());
+        }
+        Ok(removed > 0)
+    }
+
     /// Does `password` belong to `node_id`? `false` for unknown nodes.
     pub async fn verify(&self, node_id: &str, password: &str) -> StoreResult<bool> {
         let n = node_id.to_owned();
@@ -172,6 +188,20 @@ mod tests {
         assert_ne!(first, second);
         assert!(!creds.verify("cam-1", &first).await.expect("old"));
         assert!(creds.verify("cam-1", &second).await.expect("new"));
+
+        // Revoked: nothing verifies, the gateway hears of it, a second revoke finds nothing.
+        let spare = creds.issue("cam-9").await.expect("issue");
+        assert_eq!(rotations.recv().await.expect("rotation"), "cam-1");
+        assert_eq!(rotations.recv().await.expect("rotation"), "cam-9");
+        assert!(creds.revoke("cam-9").await.expect("revoke"));
+        assert_eq!(rotations.recv().await.expect("revocation"), "cam-9");
+        assert!(!creds.verify("cam-9", &spare).await.expect("revoked"));
+        assert!(!creds.exists("cam-9").await.expect("exists"));
+        assert!(!creds.revoke("cam-9").await.expect("again"));
+        assert!(
+            rotations.try_recv().is_err(),
+            "nothing to close the second time"
+        );
 
         // Only the digest is stored, and it survives a reopen.
         let reopened = NodeCredentials::open(&url).expect("reopen");

@@ -555,6 +555,47 @@ pub async fn rotate_node_credentials(
     })))
 }
 
+/// Revokes a node's MQTT credentials (admin; another tenant's node is a
+/// 404): its password stops working at once and its open connection is
+/// closed, as on rotation; provisioning or rotation issues new ones. The
+/// node stays registered with its tenant and data. Audited.
+#[utoipa::path(delete, path = "/nodes/{id}/credentials", tag = "nodes", operation_id = "revoke_node_credentials",
+    security(("jwt" = ["admin"])), params(("id" = String, Path, description = "node id")),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 404, description = "no such node with MQTT credentials, or another tenant's", body = super::openapi::ErrorBody),
+    ))]
+pub async fn revoke_node_credentials(
+    State(state): State<AppState>,
+    Authed(who): AsAdmin,
+    headers: HeaderMap,
+    Path(node_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::NotFound(format!("node {node_id:?} has no MQTT credentials"));
+    if !edgeqi_shared::topic::is_valid_node_id(&node_id) {
+        return Err(not_found());
+    }
+    if let Some(visible) = super::visible_nodes(&state, &who).await? {
+        if !visible.contains(&node_id) {
+            return Err(not_found());
+        }
+    }
+    if !state.node_credentials.revoke(&node_id).await? {
+        return Err(not_found());
+    }
+    audit(
+        &state,
+        &who,
+        &headers,
+        "node.credentials.revoke",
+        format!("node:{node_id}"),
+        Some(json!({"node_id": node_id, "mqtt_credentials": "issued"})),
+        Some(json!({"node_id": node_id, "mqtt_credentials": "revoked"})),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {

@@ -108,7 +108,10 @@ pub fn api_routes() -> ApiRoutes {
         .routes(routes!(admin::audit_log))
         .routes(routes!(list_nodes, admin::provision_node))
         .routes(routes!(get_node))
-        .routes(routes!(admin::rotate_node_credentials))
+        .routes(routes!(
+            admin::rotate_node_credentials,
+            admin::revoke_node_credentials
+        ))
         .routes(routes!(cameras::list, cameras::create))
         .routes(routes!(cameras::get, cameras::replace, cameras::delete))
         .routes(routes!(get_ledger))

@@ -2187,7 +2187,7 @@ async fn walk_pages_from(
 }
 
 #[tokio::test]
-async fn a_provisioned_node_that_never_reported_is_shown() {
+async fn a_provisioned_node_that_never_reported_is_shown_and_its_credentials_revoked() {
     let f = fixture();
     let s = &f.state;
     let mut tenants = Vec::new();
@@ -2211,7 +2211,10 @@ async fn a_provisioned_node_that_never_reported_is_shown() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert!(body["mqtt"]["password"].is_string(), "{body}");
+    let password = body["mqtt"]["password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
     let (status, body) = send(
         s,
         "POST",
@@ -2233,7 +2236,8 @@ async fn a_provisioned_node_that_never_reported_is_shown() {
         let (_, session) = login(s, user, "password-q-1").await;
         tokens.push(session["token"].as_str().expect("token").to_owned());
     }
-    let (viewer, other_viewer) = (&tokens[0], &tokens[2]);
+    let (viewer, operator, other_viewer, other_admin) =
+        (&tokens[0], &tokens[1], &tokens[2], &tokens[3]);
 
     // Never reported: 200, offline, no times, no heartbeat, its tenant,
     // its cameras and a config it has not applied yet.
@@ -2288,4 +2292,90 @@ async fn a_provisioned_node_that_never_reported_is_shown() {
     assert_eq!(node["reported"], true, "{node}");
     assert!(node["first_seen"].is_string(), "{node}");
     assert_eq!(node["ledger"][0]["acked_seq"], 1, "{node}");
+
+    // Revocation: admins of its tenant only; the password dies at once and
+    // the gateway is told to close the node's connection.
+    let mut closed = s.node_credentials.rotations();
+    for (token, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(operator.as_str()), StatusCode::FORBIDDEN),
+        (Some(other_admin.as_str()), StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = send(
+            s,
+            "DELETE",
+            "/api/v1/nodes/quiet-1/credentials",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(status, want, "{body}");
+        assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    assert!(s
+        .node_credentials
+        .verify("quiet-1", &password)
+        .await
+        .expect("verify"));
+    let (status, body) = send(
+        s,
+        "DELETE",
+        "/api/v1/nodes/quiet-1/credentials",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(closed.try_recv().expect("connection closed"), "quiet-1");
+    assert!(!s
+        .node_credentials
+        .verify("quiet-1", &password)
+        .await
+        .expect("revoked"));
+    let (status, node) = get(s, "/api/v1/nodes/quiet-1", None).await;
+    assert_eq!(status, StatusCode::OK, "{node}");
+    assert_eq!(node["mqtt_credentials"], false, "{node}");
+    assert_eq!(node["tenant_id"], tenants[0], "the node stays registered");
+    for method in ["DELETE", "POST"] {
+        let (status, body) = send(
+            s,
+            method,
+            "/api/v1/nodes/quiet-1/credentials",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{method} after revoke: {body}"
+        );
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+    let (_, audit) = get(s, "/api/v1/audit", None).await;
+    let revokes: Vec<_> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "node.credentials.revoke")
+        .collect();
+    assert_eq!(revokes.len(), 1, "{audit}");
+    assert_eq!(revokes[0]["target"], "node:quiet-1");
+    assert!(!audit.to_string().contains(&password));
+    // Provisioning again issues new credentials.
+    let (status, body) = send(
+        s,
+        "POST",
+        "/api/v1/nodes",
+        Some(ADMIN),
+        Some(serde_json::json!({"node_id": "quiet-1", "tenant_id": tenants[0]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let fresh = body["mqtt"]["password"].as_str().expect("password");
+    assert!(s
+        .node_credentials
+        .verify("quiet-1", fresh)
+        .await
+        .expect("verify"));
 }

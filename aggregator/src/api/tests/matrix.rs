@@ -251,6 +251,15 @@ fn rows() -> Vec<Row> {
                 "/api/v1/nodes/gate-tenant-a/credentials".into()
             })
         },
+        // One provisioned node of tenant A per caller, so each may revoke one.
+        Row {
+            role: "admin",
+            ok: 204,
+            other: Other::Hidden,
+            ..row("DELETE", "/api/v1/nodes/{id}/credentials", |_, who| {
+                format!("/api/v1/nodes/revoke-{who:?}/credentials")
+            })
+        },
         Row {
             other: Other::Hidden,
             ..row("GET", "/api/v1/nodes/{id}", |_, _| {
@@ -581,6 +590,17 @@ async fn world(base: &AppState) -> (AppState, World) {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    for who in EVERYONE {
+        let (status, body) = send(
+            s,
+            "POST",
+            "/api/v1/nodes",
+            Some(ADMIN),
+            Some(serde_json::json!({"node_id": format!("revoke-{who:?}"), "tenant_id": ta})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
 
     let batch = DetectionBatch {
         v: 1,
