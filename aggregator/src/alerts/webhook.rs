@@ -126,8 +126,8 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
 /// What to tell an operator whose webhook points inside.
 fn refusal(what: &str, kind: &str) -> String {
     format!(
-        "{what} is a {kind} address: webhooks may not reach the aggregator's own host or \
-         network unless alerts.allow_private_webhooks is set"
+        "{what} is an internal ({kind}) address: webhooks may not reach the aggregator's \
+         own host or network unless alerts.allow_private_webhooks is set"
     )
 }
 
