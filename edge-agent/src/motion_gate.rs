@@ -19,6 +19,7 @@
 //! the detector runs again. Zooms, rotations and anything moving inside the
 //! picture are not explained by a shift and are inferred as usual.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::frame::Frame;
@@ -65,9 +66,18 @@ pub const fn default_gate_pan_new_area() -> f32 {
     0.1
 }
 
-/// Largest pan searched between two sampled frames, in analysis pixels
-/// (each side): 8 of 160 is 5% of the width.
-const MAX_PAN_CELLS: i32 = 8;
+/// Largest pan searched between two sampled frames, as a fraction of the
+/// picture's width and height (each side). A PTZ preset jump moves the view
+/// by a third of the picture in one frame (street.mp4 jumps 124 of 360
+/// rows), so the search is wide; a shift must still leave this much of the
+/// picture overlapping to be measured at all.
+const MAX_PAN_FRACTION: f32 = 0.45;
+
+/// Coarse level of the pan search: the analysis image shrunk by this factor.
+const PAN_PYRAMID: usize = 4;
+
+/// Coarse candidates refined at analysis resolution.
+const PAN_CANDIDATES: usize = 3;
 
 /// A pan must change the picture in this many of the 4 × 4 blocks.
 const PAN_BLOCKS: usize = 4;
@@ -244,8 +254,11 @@ impl MotionGate {
     /// The camera's shift (source pixels) since the previous frame when
     /// moving the previous frame by it explains (nearly) every unmasked
     /// analysis pixel of this one; `None` for still frames and real motion.
-    /// Coarse to fine: whole analysis cells first, then every source pixel
-    /// around the best cell.
+    /// Coarse to fine: every shift up to [`MAX_PAN_FRACTION`] on a
+    /// [`PAN_PYRAMID`]-times smaller image, the best few of those at
+    /// analysis resolution, then every source pixel around the best cell.
+    /// Only the last step decides; the others just pick where to look, so a
+    /// wrong guess costs an inference, never a skipped frame.
     fn camera_pan(&self, grid: &Grid, grey: &[u8]) -> Option<(i32, i32)> {
         let limit = self.config.min_changed_fraction;
         // A pan changes the picture everywhere there is texture; one object
@@ -253,30 +266,49 @@ impl MotionGate {
         if !self.changed_all_over(grid, grey) {
             return None;
         }
-        let (w, h) = (grid.w as i32, grid.h as i32);
-        if w < 4 * MAX_PAN_CELLS || h < 4 * MAX_PAN_CELLS {
+        let (w, h) = (grid.w, grid.h);
+        if w < 8 * PAN_PYRAMID || h < 4 * PAN_PYRAMID {
             return None; // too small a picture to tell a pan from motion
         }
-        // Every candidate sums over the same pixels, so raw sums compare, and
-        // a candidate stops as soon as it is worse than the best so far.
-        let mut best = (u64::MAX, 0i32, 0i32);
-        for cy in -MAX_PAN_CELLS..=MAX_PAN_CELLS {
-            for cx in -MAX_PAN_CELLS..=MAX_PAN_CELLS {
-                let mut sad = 0u64;
-                'rows: for y in (MAX_PAN_CELLS..h - MAX_PAN_CELLS).step_by(2) {
-                    for x in (MAX_PAN_CELLS..w - MAX_PAN_CELLS).step_by(2) {
-                        let now = grey[(y * w + x) as usize];
-                        let before = self.prev_small[((y - cy) * w + (x - cx)) as usize];
-                        sad += u64::from(now.abs_diff(before));
-                    }
-                    if sad >= best.0 {
-                        break 'rows;
-                    }
-                }
-                if sad < best.0 {
-                    best = (sad, cx, cy);
+        let now = Pyramid::new(grey, w, h, PAN_PYRAMID);
+        let before = Pyramid::new(&self.prev_small, w, h, PAN_PYRAMID);
+        let reach = |n: usize| (n as f32 * MAX_PAN_FRACTION) as i32;
+        let mut coarse: Vec<(u64, i32, i32)> = Vec::new();
+        for cy in -reach(now.h)..=reach(now.h) {
+            for cx in -reach(now.w)..=reach(now.w) {
+                if let Some(cost) = mean_difference(&now, &before, cx, cy, 1, u64::MAX) {
+                    coarse.push((cost, cx, cy));
                 }
             }
+        }
+        coarse.sort_unstable();
+        // Refine each coarse candidate to whole analysis cells: the coarse
+        // cell and one coarse cell around it.
+        let full = Pyramid {
+            w,
+            h,
+            pixels: Cow::Borrowed(grey),
+        };
+        let prev = Pyramid {
+            w,
+            h,
+            pixels: Cow::Borrowed(&self.prev_small),
+        };
+        let k = PAN_PYRAMID as i32;
+        let mut best = (u64::MAX, 0i32, 0i32);
+        for &(_, cx, cy) in coarse.iter().take(PAN_CANDIDATES) {
+            for dy in cy * k - k..=cy * k + k {
+                for dx in cx * k - k..=cx * k + k {
+                    if let Some(cost) = mean_difference(&full, &prev, dx, dy, 2, best.0) {
+                        if cost < best.0 {
+                            best = (cost, dx, dy);
+                        }
+                    }
+                }
+            }
+        }
+        if best.0 == u64::MAX {
+            return None;
         }
         // Refine to source pixels: one cell either side of the best cell.
         let (sx, sy) = (
@@ -361,6 +393,76 @@ impl MotionGate {
         }
         (counted > 0).then(|| changed as f32 / counted as f32)
     }
+}
+
+/// A greyscale image at one level of the pan search.
+struct Pyramid<'a> {
+    w: usize,
+    h: usize,
+    pixels: Cow<'a, [u8]>,
+}
+
+impl Pyramid<'_> {
+    /// `grey` (`w` × `h`) shrunk `factor` times by averaging blocks.
+    fn new(grey: &[u8], w: usize, h: usize, factor: usize) -> Self {
+        let (cw, ch) = (w / factor, h / factor);
+        let mut pixels = Vec::with_capacity(cw * ch);
+        for y in 0..ch {
+            for x in 0..cw {
+                let mut sum = 0u32;
+                for yy in y * factor..(y + 1) * factor {
+                    let row = &grey[yy * w + x * factor..yy * w + (x + 1) * factor];
+                    sum += row.iter().map(|&g| u32::from(g)).sum::<u32>();
+                }
+                pixels.push((sum / (factor * factor) as u32) as u8);
+            }
+        }
+        Self {
+            w: cw,
+            h: ch,
+            pixels: Cow::Owned(pixels),
+        }
+    }
+}
+
+/// Mean absolute difference (×256, so integers compare) between `now` and
+/// `before` moved by `(dx, dy)`, over the pixels both hold, sampling every
+/// `step`th row and column. `None` when the shift leaves less than
+/// `(1 - MAX_PAN_FRACTION)²` of the picture overlapping, or as soon as the
+/// mean cannot beat `stop` any more.
+fn mean_difference(
+    now: &Pyramid,
+    before: &Pyramid,
+    dx: i32,
+    dy: i32,
+    step: usize,
+    stop: u64,
+) -> Option<u64> {
+    let (w, h) = (now.w as i32, now.h as i32);
+    let (x0, x1) = (dx.max(0), (w + dx).min(w));
+    let (y0, y1) = (dy.max(0), (h + dy).min(h));
+    let (ow, oh) = (x1 - x0, y1 - y0);
+    let min_side = 1.0 - MAX_PAN_FRACTION;
+    if (ow as f32) < w as f32 * min_side || (oh as f32) < h as f32 * min_side {
+        return None;
+    }
+    let cols = (ow as usize).div_ceil(step) as u64;
+    let rows = (oh as usize).div_ceil(step) as u64;
+    let count = cols * rows;
+    // Stop once the running sum alone exceeds what the best mean allows.
+    let budget = stop.saturating_mul(count) / 256;
+    let mut sum = 0u64;
+    for y in (y0..y1).step_by(step) {
+        let a = &now.pixels[(y * w) as usize..((y + 1) * w) as usize];
+        let b = &before.pixels[((y - dy) * w) as usize..((y - dy + 1) * w) as usize];
+        for x in (x0..x1).step_by(step) {
+            sum += u64::from(a[x as usize].abs_diff(b[(x - dx) as usize]));
+        }
+        if sum > budget {
+            return None;
+        }
+    }
+    Some(sum * 256 / count.max(1))
 }
 
 /// Where the analysis pixels sit in the source frame (nearest neighbour).
@@ -490,6 +592,24 @@ mod tests {
         // The camera stops: still frames, no shift.
         let v = g.check(&textured(0, 30, None), ms(700), false);
         assert!(!v.infer && v.camera_shift.is_none(), "{v:?}");
+    }
+
+    #[test]
+    fn a_jump_of_a_third_of_the_picture_is_measured_and_a_cut_is_not_a_pan() {
+        // A PTZ preset jump: the content moves 80 of 240 rows (and 40 of
+        // 320 columns) at once, far beyond the few cells a tilt moves.
+        let mut g = MotionGate::new(MotionGateConfig::default(), vec![]);
+        g.check(&textured(0, 0, None), ms(0), false);
+        let v = g.check(&textured(-40, 80, None), ms(100), false);
+        assert_eq!(v.camera_shift, Some((-40.0, 80.0)), "{v:?}");
+        // A third of the view is new: the detector runs on it.
+        assert!(v.infer, "{v:?}");
+        // And the tilt goes on from the new view, in the other direction.
+        let v = g.check(&textured(-40, 75, None), ms(200), false);
+        assert_eq!(v.camera_shift, Some((0.0, -5.0)), "{v:?}");
+        // A cut to another scene (no shift within reach explains it).
+        let v = g.check(&textured(5_000, 7_000, None), ms(300), false);
+        assert!(v.infer && v.camera_shift.is_none(), "{v:?}");
     }
 
     #[test]

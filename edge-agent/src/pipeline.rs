@@ -293,6 +293,8 @@ impl Analyzer {
         let boxes = self.detector.detect(frame)?;
         out.infer_time = started.elapsed();
         out.inferred = true;
+        self.tracker
+            .set_view(frame.width as f32, frame.height as f32);
         let update = self.tracker.update(&boxes, frame.ts);
         for id in &update.appeared {
             if let Some(track) = self.tracker.get(*id).cloned() {

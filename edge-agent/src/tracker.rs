@@ -80,11 +80,20 @@ pub struct Track {
 }
 
 impl Track {
-    fn predicted(&self, at: DateTime<Utc>) -> [f32; 4] {
+    /// Where the track should be at `at`, cut to the camera's `view` when
+    /// known: detections never reach past the picture's edge, so a track
+    /// leaving it (walking off, or pushed off by a pan) is compared by the
+    /// part that can still be seen, and one wholly outside matches nothing.
+    fn predicted(&self, at: DateTime<Utc>, view: Option<[f32; 2]>) -> [f32; 4] {
         let dt = seconds(self.last_seen, at).min(1.0);
         let mut b = self.bbox;
         for (c, v) in b.iter_mut().zip(self.velocity) {
             *c += v * dt;
+        }
+        if let Some([w, h]) = view {
+            for (i, c) in b.iter_mut().enumerate() {
+                *c = c.clamp(0.0, if i % 2 == 0 { w } else { h });
+            }
         }
         b
     }
@@ -107,6 +116,8 @@ pub struct Tracker {
     config: TrackerConfig,
     tracks: Vec<Track>,
     next_id: u64,
+    /// The camera picture's size in source pixels, once known.
+    view: Option<[f32; 2]>,
 }
 
 fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f32 {
@@ -119,6 +130,7 @@ impl Tracker {
             config,
             tracks: Vec::new(),
             next_id: 1,
+            view: None,
         }
     }
 
@@ -152,6 +164,12 @@ impl Tracker {
         }
     }
 
+    /// The camera picture is `width` × `height` source pixels (see
+    /// [`Track::predicted`]).
+    pub fn set_view(&mut self, width: f32, height: f32) {
+        self.view = (width > 0.0 && height > 0.0).then_some([width, height]);
+    }
+
     pub fn get(&self, id: u64) -> Option<&Track> {
         self.tracks.iter().find(|t| t.id == id)
     }
@@ -164,7 +182,11 @@ impl Tracker {
         };
         let mut det_track: Vec<Option<usize>> = vec![None; detections.len()];
         let mut track_taken = vec![false; self.tracks.len()];
-        let predicted: Vec<[f32; 4]> = self.tracks.iter().map(|t| t.predicted(now)).collect();
+        let predicted: Vec<[f32; 4]> = self
+            .tracks
+            .iter()
+            .map(|t| t.predicted(now, self.view))
+            .collect();
 
         let high: Vec<usize> = (0..detections.len())
             .filter(|&i| detections[i].score >= self.config.high_score)
@@ -370,6 +392,43 @@ mod tests {
         }
         let u = tr.update(&[obj("bus", 0.0, 90.0, 0.9)], at(800));
         assert_eq!(u.assigned, [Some(id)]);
+    }
+
+    #[test]
+    fn a_track_pushed_off_the_picture_by_a_pan_is_found_when_it_returns() {
+        // Returns whether the person kept its id.
+        let run = |view: Option<[f32; 2]>| {
+            let mut tr = Tracker::new(TrackerConfig::default());
+            if let Some([w, h]) = view {
+                tr.set_view(w, h);
+            }
+            // A person standing at the bottom edge of a 640×360 picture.
+            tr.update(&[obj("person", 0.0, 280.0, 0.9)], at(0));
+            let id = tr
+                .update(&[obj("person", 0.0, 280.0, 0.9)], at(100))
+                .assigned[0];
+            // A preset jump pushes the content 124 px down, off the picture:
+            // nothing there to match, and the track waits.
+            tr.shift(0.0, 124.0);
+            assert!(tr.update(&[], at(200)).left.is_empty());
+            // The tilt brings it back 4 px a frame; the track box is at
+            // y 340..420, and the detector sees the 20 rows still inside.
+            for _ in 0..16 {
+                tr.shift(0.0, -4.0);
+            }
+            let visible = ObjectBox {
+                bbox: [0.0, 340.0, 40.0, 360.0],
+                ..obj("person", 0.0, 0.0, 0.7)
+            };
+            let u = tr.update(&[visible], at(1800));
+            id.is_some() && u.assigned == [id]
+        };
+        assert!(
+            run(Some([640.0, 360.0])),
+            "cut to the view, the track matches"
+        );
+        // Uncut, the prediction overlaps the visible part by 20/80 < 0.3.
+        assert!(!run(None));
     }
 
     #[test]
