@@ -326,6 +326,7 @@ fn broken_sources_are_reported_and_the_agent_stays_up() -> Result<()> {
 fn process_runs_the_pipeline_over_a_recording() -> Result<()> {
     let out = Command::new(bin("edgeqi-agent"))
         .args(["--node-id", "offline", "process", "--json"])
+        .args(["--start", "2026-11-23T10:00:00Z"])
         .arg(street_mp4())
         .output()?;
     ensure!(
@@ -357,6 +358,13 @@ fn process_runs_the_pipeline_over_a_recording() -> Result<()> {
     ensure!(
         events.iter().any(|e| e["kind"] == "appeared")
             && events.iter().any(|e| e["kind"] == "left")
+    );
+    // Times are the recording's: --start plus the media time.
+    ensure!(
+        events.iter().all(|e| e["ts"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2026-11-23T10:00:"))),
+        "{events:?}"
     );
 
     // A file that is not a video: a clear error, not a panic.

@@ -89,6 +89,11 @@ struct ProcessArgs {
     /// How long to wait for the broker and the aggregator's acks when sending.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     send_timeout: u64,
+    /// When the recording's first frame was taken (RFC 3339, e.g.
+    /// 2026-11-23T10:00:00Z); detection times are this plus the media time
+    /// [default: now]
+    #[arg(long, value_name = "TIME")]
+    start: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Every flag also has an environment variable and a config-file key.
@@ -253,14 +258,19 @@ fn main() -> ExitCode {
 
 fn run_process(config: &AgentConfig, args: &ProcessArgs) -> ExitCode {
     init_logging(config.log_format);
-    let mut report =
-        match process_cli::process(config, &args.file, args.camera.as_deref(), args.detect_fps) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let mut report = match process_cli::process(
+        config,
+        &args.file,
+        args.camera.as_deref(),
+        args.detect_fps,
+        args.start,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Sent before printing, so the printed report says what was delivered.
     let mut send_error = None;
     if config.mqtt.url_given && !args.no_send {

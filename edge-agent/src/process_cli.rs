@@ -3,7 +3,9 @@
 //! Every frame of the file is decoded (as fast as it decodes, no real-time
 //! pacing) and goes through the same [`Analyzer`] as a live camera:
 //! detect-fps sampling, motion gate, detector, tracker, zones and lines.
-//! Frame times are the recording's own (start + presentation time), so
+//! Frame times are the recording's own (start + presentation time; the
+//! start is `--start`, or the run's start when the recording's is not
+//! given), so
 //! dwell times and track ages mean what they would have meant live. A
 //! progress bar shows on a terminal; the results are printed, as a summary
 //! or, with `--json`, as one JSON document, and, when a broker is
@@ -14,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use edgeqi_shared::protocol::{track_event, LineCount, Snapshot, TrackEvent};
 use edgeqi_shared::Detection;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -128,6 +130,7 @@ pub fn process(
     file: &Path,
     camera: Option<&str>,
     detect_fps: Option<f64>,
+    start: Option<DateTime<Utc>>,
 ) -> anyhow::Result<ProcessReport> {
     if !file.is_file() {
         bail!("{} does not exist or is not a file", file.display());
@@ -144,7 +147,7 @@ pub fn process(
 
     let cpu0 = cpu_seconds();
     let started = Instant::now();
-    let base = Utc::now();
+    let base = start.unwrap_or_else(Utc::now);
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
