@@ -160,3 +160,30 @@ impl FrameSource for NokhwaSource {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_error(device: &str) -> String {
+        match NokhwaSource::open("usb", Path::new(device), None, None, Duration::from_secs(2)) {
+            Ok(_) => panic!("{device} opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_missing_camera_is_a_clear_error() {
+        let e = open_error("/dev/video97");
+        assert!(
+            e.contains("v4l2:///dev/video97") && e.contains("is the camera plugged in"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_video_device_nodes_are_accepted() {
+        let e = open_error("/tmp/camera");
+        assert!(e.contains("needs a /dev/videoN device path"), "{e}");
+    }
+}
