@@ -191,6 +191,45 @@ async function main() {
     check(ledgerText.includes(epoch), `the ledger lists epoch ${epoch}`);
     await shot(page, 'node-detail');
 
+    // 5b. Tracker events with their snapshot, and the line counts.
+    const photoFile = process.env.EDGEQI_REPORT_PHOTO || '../shared/testdata/bus.jpg';
+    if (existsSync(photoFile)) {
+      const run = `ui${Date.now().toString(36)}`;
+      const key = `${run}-north-7`;
+      const now = new Date().toISOString();
+      const ev = (kind, n, extra = {}) => ({
+        id: `${key}-${n}`, ts: now, camera_id: 'north', track_id: 7, track_key: key, kind, class_id: 5,
+        label: 'bus', score: 0.88, bbox: [10, 20, 300, 400], zone: null, line: null, direction: null, dwell_s: null, ...extra,
+      });
+      await mosquittoPub(`edgeqi/v1/nodes/${NODE}/events`, {
+        v: 1, node_id: NODE, sent_at: now,
+        events: [ev('appeared', 1), ev('line_crossed', 2, { line: 'stop-line', direction: 'left_to_right' }), ev('left', 3, { dwell_s: 4.5 })],
+        line_counts: [{ camera_id: 'north', line: 'stop-line', label: 'bus', direction: 'left_to_right', count: 3, since: now }],
+      });
+      await mosquittoPub(`edgeqi/v1/nodes/${NODE}/snapshots`, {
+        v: 1, node_id: NODE, camera_id: 'north', track_id: 7, track_key: key, event_id: `${key}-3`, ts: now,
+        class_id: 5, label: 'bus', score: 0.88, bbox: [10, 20, 300, 400], content_type: 'image/jpeg',
+        jpeg_b64: readFileSync(photoFile).toString('base64'), frame_jpeg_b64: null,
+      });
+      await page.click('nav a:has-text("Events")');
+      await page.waitForURL(/\/ui\/events$/);
+      // Events are stored asynchronously: filter (reload) until they show.
+      const row = `.event[data-event-id="${key}-3"]`;
+      for (let i = 0; i < 20 && !(await page.$(`${row} img.snapshot`)); i++) {
+        await page.waitForTimeout(250);
+        await page.click('form.inline button[type=submit]');
+      }
+      await page.waitForSelector(`${row} img.snapshot`, { timeout: 5000 });
+      await page.waitForFunction((sel) => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; },
+        `${row} img.snapshot`, { timeout: 5000 });
+      const text = await page.textContent(`.event[data-event-id="${key}-2"]`);
+      check(text.includes('crossed stop-line, left to right'), `line crossing shown: ${text}`);
+      const counts = await page.textContent('table.line-counts');
+      check(counts.includes('stop-line') && counts.includes('left to right'), `line counts shown: ${counts}`);
+      log('tracker events, the track snapshot and the line counts shown on the events page');
+      await shot(page, 'events');
+    }
+
     // 6. Incidents, when this aggregator has them.
     const incidents = await page.evaluate(async () => {
       const r = await fetch('/api/v1/incidents', { headers: { Authorization: `Bearer ${sessionStorage.getItem('edgeqi.token')}` } });

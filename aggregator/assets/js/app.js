@@ -12,6 +12,7 @@ import * as feed from './views/feed.js';
 import * as charts from './views/charts.js';
 import * as incidents from './views/incidents.js';
 import * as map from './views/map.js';
+import * as events from './views/events.js';
 
 const ROLES = ['viewer', 'operator', 'admin'];
 /** True when the signed-in user has at least `role`. */
@@ -29,6 +30,7 @@ const routes = [
   [/^\/ui\/incidents$/, incidents, 'Incidents'],
   [/^\/ui\/incidents\/(?<id>[^/]+)$/, incidents, 'Incident'],
   [/^\/ui\/map$/, map, 'Map'],
+  [/^\/ui\/events$/, events, 'Events'],
 ];
 
 const main = document.getElementById('main');

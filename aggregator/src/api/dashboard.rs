@@ -60,6 +60,7 @@ static ASSETS: &[Asset] = embed![
     "js/views/charts.js" => JS,
     "js/views/incidents.js" => JS,
     "js/views/map.js" => JS,
+    "js/views/events.js" => JS,
 ];
 
 /// What the page may load: only itself, plus images from anywhere (an
