@@ -1,7 +1,7 @@
 //! Authentication and role checks for every `/api/v1` route.
 //!
-//! A caller presents one bearer token (header, or `?access_token=` for
-//! WebSockets): the bootstrap `EDGEQI_ADMIN_TOKEN`, an API key (`eqk_…`), or
+//! A caller presents one bearer token (header, or `?access_token=` on a GET,
+//! for WebSockets and `<img>` tags, which cannot set headers): the bootstrap `EDGEQI_ADMIN_TOKEN`, an API key (`eqk_…`), or
 //! a session JWT from `POST /api/v1/auth/login`. The [`Authed`] extractor
 //! turns it into a [`Principal`] and refuses callers below the route's role,
 //! so a handler's signature states who may call it.
@@ -141,6 +141,10 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The caller's token: the `Authorization: Bearer` header, or on a GET/HEAD
+/// the `access_token` query parameter. Never for a change: a URL ends up in
+/// proxy logs, browser history and `Referer` headers, so a token taken from
+/// one must not be able to do more than read.
 fn bearer(parts: &Parts) -> Option<String> {
     let from_header = parts
         .headers
@@ -151,7 +155,12 @@ fn bearer(parts: &Parts) -> Option<String> {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|t| t.trim().to_owned());
+    let read_only =
+        parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
     from_header.or_else(|| {
+        if !read_only {
+            return None;
+        }
         parts.uri.query().and_then(|q| {
             q.split('&')
                 .find_map(|kv| kv.strip_prefix("access_token="))
@@ -373,4 +382,33 @@ pub async fn bootstrap_admin(
     eprintln!("\n  EdgeQI: created the first admin user.\n    username: admin\n    password: {password}\n  Store it now; it is not shown again.\n");
     tracing::warn!("created user 'admin' with a one-time password printed on stderr");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+
+    fn parts(method: &str, uri: &str, header: Option<&str>) -> Parts {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(h) = header {
+            req = req.header(header::AUTHORIZATION, h);
+        }
+        req.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn a_url_token_only_reads() {
+        let url = "/api/v1/incidents/1?access_token=t0k";
+        assert_eq!(bearer(&parts("GET", url, None)).as_deref(), Some("t0k"));
+        assert_eq!(bearer(&parts("HEAD", url, None)).as_deref(), Some("t0k"));
+        for method in ["POST", "PATCH", "PUT", "DELETE"] {
+            assert_eq!(bearer(&parts(method, url, None)), None, "{method}");
+            assert_eq!(
+                bearer(&parts(method, url, Some("Bearer h34d"))).as_deref(),
+                Some("h34d"),
+                "{method} with the header"
+            );
+        }
+    }
 }

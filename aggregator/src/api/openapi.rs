@@ -36,7 +36,7 @@ pub const ROLES: [&str; 4] = ["public", "viewer", "operator", "admin"];
         description = "Detections, nodes, incidents, citizen reports and accounts of an EdgeQI aggregator.\n\n\
             Every protected route takes one bearer token in `Authorization: Bearer TOKEN`: a session JWT from \
             `POST /api/v1/auth/login`, an API key (`eqk_…`) from `POST /api/v1/api-keys`, or the bootstrap \
-            `EDGEQI_ADMIN_TOKEN`. WebSocket clients may send it as `?access_token=`. The least role a route \
+            `EDGEQI_ADMIN_TOKEN`. WebSocket clients and `<img>` tags may send it as `?access_token=` on GET requests (never for a change). The least role a route \
             needs is the scope of its security requirement and `x-edgeqi-role` (`public` routes need none). \
             Roles are ordered admin > operator > viewer; a tenant's callers see only their tenant's data \
             (others' resources answer 404).\n\nErrors are `{\"error\":{\"code\",\"message\"}}`.",
@@ -155,8 +155,11 @@ pub fn document(raw: &OpenApiDoc) -> Value {
     if let Value::Object(paths) = paths {
         for (path, mut item) in paths {
             if let Value::Object(ops) = &mut item {
-                for op in ops.values_mut().filter(|op| op.get("responses").is_some()) {
-                    complete_operation(op);
+                for (method, op) in ops
+                    .iter_mut()
+                    .filter(|(_, op)| op.get("responses").is_some())
+                {
+                    complete_operation(op, method == "get" || method == "head");
                 }
             }
             prefixed.insert(format!("{PREFIX}{path}"), item);
@@ -176,7 +179,7 @@ pub fn document(raw: &OpenApiDoc) -> Value {
         },
         "access_token": {
             "type": "apiKey", "in": "query", "name": "access_token",
-            "description": "The same token in the query string, for WebSocket clients that cannot set headers."
+            "description": "The same token in the query string, on GET requests only, for WebSocket clients and images that cannot set headers."
         }
     });
     components["responses"] = json!({
@@ -194,9 +197,10 @@ fn error_response(description: &str) -> Value {
     })
 }
 
-/// Turns an operation's `jwt` role scope into the three ways to authenticate
-/// and the answers every protected (or every) route can give.
-fn complete_operation(op: &mut Value) {
+/// Turns an operation's `jwt` role scope into the ways to authenticate (the
+/// query-string token only for reads, see `auth::bearer`) and the answers
+/// every protected (or every) route can give.
+fn complete_operation(op: &mut Value, read: bool) {
     let role = op["security"]
         .as_array()
         .and_then(|reqs| reqs.iter().find_map(|r| r.get("jwt")))
@@ -205,8 +209,11 @@ fn complete_operation(op: &mut Value) {
         .map(str::to_owned);
     match &role {
         Some(role) => {
-            op["security"] =
-                json!([{"jwt": [role]}, {"api_key": [role]}, {"access_token": [role]}]);
+            op["security"] = if read {
+                json!([{"jwt": [role]}, {"api_key": [role]}, {"access_token": [role]}])
+            } else {
+                json!([{"jwt": [role]}, {"api_key": [role]}])
+            };
             let responses = &mut op["responses"];
             responses["401"] = json!({"$ref": "#/components/responses/Unauthorized"});
             if role != "viewer" && responses.get("403").is_none() {
