@@ -125,6 +125,10 @@ pub struct AggregatorConfig {
     pub ingest_group_max_detections: usize,
     /// Alert evaluator queue and webhook sending (`[alerts]`).
     pub alerts: crate::alerts::AlertSettings,
+    /// Tenant of citizen reports that name none (`reports.default_tenant_id`;
+    /// `None`: such reports belong to no tenant). Checked against the
+    /// account store at start-up by [`AggregatorConfig::check_accounts`].
+    pub reports_default_tenant: Option<i64>,
 }
 
 impl std::fmt::Debug for AggregatorConfig {
@@ -149,6 +153,7 @@ impl std::fmt::Debug for AggregatorConfig {
                 &self.ingest_group_max_detections,
             )
             .field("alerts", &self.alerts)
+            .field("reports_default_tenant", &self.reports_default_tenant)
             .finish()
     }
 }
@@ -171,6 +176,8 @@ pub struct Overrides {
     pub mqtt_tls_listen: Option<String>,
     pub mqtt_tls_cert: Option<String>,
     pub mqtt_tls_key: Option<String>,
+    /// `--reports-default-tenant-id` / `EDGEQI_REPORTS_DEFAULT_TENANT_ID`; empty: not set.
+    pub reports_default_tenant_id: Option<String>,
 }
 
 /// A flag (or its environment variable) wins over the file's value.
@@ -424,6 +431,32 @@ impl AggregatorConfig {
                     .get::<bool>("alerts.allow_private_webhooks")
                     .unwrap_or(alert_defaults.allow_private_webhooks),
         };
+        // A flag (or its variable) wins over the file; empty means not set.
+        let from_file = doc.get_checked::<i64>("reports.default_tenant_id", |n| {
+            if *n >= 1 {
+                Ok(())
+            } else {
+                Err("must be a tenant id (1 or more)".into())
+            }
+        });
+        let reports_default_tenant = match o
+            .reports_default_tenant_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    doc.problem(
+                        "reports.default_tenant_id",
+                        format!("{raw:?} must be a tenant id (1 or more)"),
+                    );
+                    None
+                }
+            },
+            None => from_file,
+        };
         let log_format =
             prefer(&o.log_format, doc.get::<String>("log_format")).unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
@@ -458,6 +491,34 @@ impl AggregatorConfig {
             retention_interval,
             ingest_group_max_detections,
             alerts,
+            reports_default_tenant,
+        })
+    }
+
+    /// The checks that need the account store, run at start-up once it is
+    /// open: `reports.default_tenant_id` must name an existing tenant (a
+    /// typo would otherwise file every citizen report under no tenant, or
+    /// under the wrong one once that id is created).
+    pub async fn check_accounts(
+        &self,
+        accounts: &dyn crate::accounts::AccountStore,
+    ) -> Result<(), ConfigErrors> {
+        let Some(id) = self.reports_default_tenant else {
+            return Ok(());
+        };
+        let problem = match accounts.tenant(id).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => format!(
+                "there is no tenant {id} (create it with POST /api/v1/tenants, then restart; or remove the key)"
+            ),
+            Err(e) => format!("cannot look tenant {id} up: {e}"),
+        };
+        Err(ConfigErrors {
+            source_name: "aggregator configuration".into(),
+            problems: vec![edgeqi_shared::config::ConfigProblem {
+                key: "reports.default_tenant_id".into(),
+                message: problem,
+            }],
         })
     }
 }
@@ -597,6 +658,79 @@ mod tests {
         assert_eq!(c.retention.dead_letters, None);
         assert_eq!(c.database.max_connections, 16);
         assert!(!format!("{c:?}").contains("pw@"), "{c:?}");
+    }
+
+    #[test]
+    fn reports_default_tenant_from_file_and_flag() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agg.toml");
+        std::fs::write(&path, "[reports]\ndefault_tenant_id = 3\n").expect("write");
+        let c = AggregatorConfig::load(&Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect("file key");
+        assert_eq!(c.reports_default_tenant, Some(3));
+        // The flag (EDGEQI_REPORTS_DEFAULT_TENANT_ID) wins; empty leaves it to the file.
+        let with_flag = |flag: &str| {
+            AggregatorConfig::load(&Overrides {
+                config: Some(path.clone()),
+                reports_default_tenant_id: Some(flag.into()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            with_flag("7").expect("flag").reports_default_tenant,
+            Some(7)
+        );
+        assert_eq!(
+            with_flag("").expect("empty").reports_default_tenant,
+            Some(3)
+        );
+        for bad in ["0", "-1", "north"] {
+            let err = with_flag(bad).expect_err(bad);
+            assert_eq!(err.problems[0].key, "reports.default_tenant_id", "{bad}");
+        }
+        std::fs::write(&path, "[reports]\ndefault_tenant_id = 0\n").expect("write");
+        let err = AggregatorConfig::load(&Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect_err("0 is no tenant");
+        assert_eq!(err.problems[0].key, "reports.default_tenant_id");
+        assert_eq!(
+            AggregatorConfig::load(&Overrides::default())
+                .expect("defaults")
+                .reports_default_tenant,
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_default_report_tenant_that_does_not_exist_stops_the_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let accounts = crate::accounts::open(&url).expect("accounts");
+        let tenant = accounts.create_tenant("city").await.expect("tenant");
+        let with = |id: Option<i64>| AggregatorConfig {
+            reports_default_tenant: id,
+            ..AggregatorConfig::load(&Overrides::default()).expect("defaults")
+        };
+        with(None).check_accounts(&*accounts).await.expect("unset");
+        with(Some(tenant.id))
+            .check_accounts(&*accounts)
+            .await
+            .expect("exists");
+        let err = with(Some(tenant.id + 1))
+            .check_accounts(&*accounts)
+            .await
+            .expect_err("no such tenant");
+        assert_eq!(err.problems[0].key, "reports.default_tenant_id");
+        assert!(
+            err.to_string()
+                .contains(&format!("no tenant {}", tenant.id + 1)),
+            "{err}"
+        );
     }
 
     #[test]

@@ -51,6 +51,9 @@ struct Cli {
     /// YOLO model classifying citizen report photos [key model]; none: reports get category "other".
     #[arg(long, env = "EDGEQI_MODEL")]
     model: Option<String>,
+    /// Tenant of citizen reports that name none (an existing tenant id) [key reports.default_tenant_id]; unset: no tenant.
+    #[arg(long, env = "EDGEQI_REPORTS_DEFAULT_TENANT_ID")]
+    reports_default_tenant_id: Option<String>,
     /// Log format: text or json [key log_format].
     #[arg(long, env = "EDGEQI_LOG_FORMAT")]
     log_format: Option<String>,
@@ -83,6 +86,7 @@ fn main() -> std::process::ExitCode {
         mqtt_tls_listen: cli.mqtt_tls_listen,
         mqtt_tls_cert: cli.mqtt_tls_cert,
         mqtt_tls_key: cli.mqtt_tls_key,
+        reports_default_tenant_id: cli.reports_default_tenant_id,
     };
     let config = match AggregatorConfig::load(&overrides) {
         Ok(c) => c,
@@ -120,6 +124,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let accounts = accounts::open(&config.accounts_database_url)?;
+    config.check_accounts(&*accounts).await?;
     api::auth::bootstrap_admin(&accounts, config.admin_token.is_some()).await?;
     let jwt_secret = accounts.secret("jwt-hs256").await?;
     let analyzer: Option<Arc<dyn incidents::PhotoAnalyzer>> = match &config.model {
@@ -139,10 +144,10 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
             None
         }
     };
-    let incidents = Arc::new(incidents::Incidents::new(
-        incidents::open(&config.accounts_database_url)?,
-        analyzer,
-    ));
+    let mut incidents =
+        incidents::Incidents::new(incidents::open(&config.accounts_database_url)?, analyzer);
+    incidents.report_tenant = config.reports_default_tenant;
+    let incidents = Arc::new(incidents);
     let auth = Arc::new(api::auth::AuthKeys::new(
         &jwt_secret,
         chrono::Duration::from_std(config.token_ttl).unwrap_or(chrono::Duration::hours(12)),

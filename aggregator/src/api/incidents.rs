@@ -355,6 +355,7 @@ struct ReportForm {
     lat: Option<String>,
     lng: Option<String>,
     notes: Option<String>,
+    tenant_id: Option<String>,
 }
 
 fn coordinate(name: &str, v: Option<&str>, limit: f64) -> Result<f64, ApiError> {
@@ -383,6 +384,29 @@ pub struct ReportUpload {
     lng: f64,
     /// At most 2000 characters.
     notes: Option<String>,
+    /// The tenant (city, district) the report is for: the id of an existing
+    /// tenant. Without it (or empty) the report goes to the aggregator's
+    /// `reports.default_tenant_id`, or to no tenant when that is not set.
+    tenant_id: Option<i64>,
+}
+
+/// The tenant a report is filed under: the form's `tenant_id` when it names
+/// an existing tenant (anything else is a 422 that says no more than that:
+/// the public may not probe for tenant names), else the configured default.
+async fn report_tenant(state: &AppState, field: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = field.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(state.incidents.report_tenant);
+    };
+    let refused = || ApiError::Unprocessable("tenant_id does not name a tenant".into());
+    let id = raw
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id >= 1)
+        .ok_or_else(refused)?;
+    match state.accounts.tenant(id).await? {
+        Some(_) => Ok(Some(id)),
+        None => Err(refused()),
+    }
 }
 
 /// What a citizen gets back for a report.
@@ -402,14 +426,16 @@ pub struct ReportCreated {
 }
 
 /// A citizen's photo report (public, rate-limited per client address, at most
-/// 10 MiB): the photo runs through the detector and opens or joins an incident.
+/// 10 MiB): the photo runs through the detector and opens or joins an
+/// incident of the report's tenant (`tenant_id`, else the configured
+/// default, else none); joining only ever happens within that tenant.
 #[utoipa::path(post, path = "/reports", tag = "incidents", operation_id = "create_report",
     request_body(content = ReportUpload, content_type = "multipart/form-data"),
     responses(
         (status = 201, body = ReportCreated),
         (status = 413, description = "the body or photo is too large", body = ErrorBody),
         (status = 415, description = "not multipart/form-data", body = ErrorBody),
-        (status = 422, description = "not a JPEG/PNG, bad coordinates, unknown field", body = ErrorBody),
+        (status = 422, description = "not a JPEG/PNG, bad coordinates, unknown field, or a tenant_id that names no tenant", body = ErrorBody),
         (status = 429, description = "too many reports from this address", body = ErrorBody),
     ))]
 pub async fn create_report(
@@ -426,7 +452,7 @@ pub async fn create_report(
     }
     let mut multipart = multipart.map_err(|_| {
         ApiError::UnsupportedMediaType(
-            "send multipart/form-data with fields photo, lat, lng, notes".into(),
+            "send multipart/form-data with fields photo, lat, lng, notes, tenant_id".into(),
         )
     })?;
     let mut form = ReportForm::default();
@@ -467,9 +493,10 @@ pub async fn create_report(
             "lat" => form.lat = Some(text()?),
             "lng" => form.lng = Some(text()?),
             "notes" => form.notes = Some(text()?),
+            "tenant_id" => form.tenant_id = Some(text()?),
             other => {
                 return Err(ApiError::Unprocessable(format!(
-                    "unknown field {other:?}; use photo, lat, lng, notes"
+                    "unknown field {other:?}; use photo, lat, lng, notes, tenant_id"
                 )))
             }
         }
@@ -485,6 +512,7 @@ pub async fn create_report(
             "notes may be at most 2000 characters".into(),
         ));
     }
+    let tenant_id = report_tenant(&state, form.tenant_id.as_deref()).await?;
     let photo = form
         .photo
         .ok_or_else(|| ApiError::Unprocessable("photo is required".into()))?;
@@ -538,7 +566,7 @@ pub async fn create_report(
         .store
         .open_or_join(
             NewIncident {
-                tenant_id: svc.report_tenant,
+                tenant_id,
                 category: category.clone(),
                 severity: sev,
                 title,
@@ -562,7 +590,7 @@ pub async fn create_report(
                 .collect::<String>()
         ),
         incident_id: incident.id,
-        tenant_id: svc.report_tenant,
+        tenant_id,
         lat,
         lng,
         notes,
@@ -584,7 +612,7 @@ pub async fn create_report(
         name: format!("citizen@{client}"),
         user_id: None,
         role: crate::accounts::Role::Viewer,
-        tenant_id: svc.report_tenant,
+        tenant_id,
     };
     let action = if created {
         "incident.create"
@@ -863,3 +891,7 @@ pub async fn incident_stats(
         mean_resolution_s: (resolved > 0).then(|| resolve_secs / resolved as i64),
     }))
 }
+
+#[cfg(test)]
+#[path = "reports_tests.rs"]
+mod tests;

@@ -712,7 +712,7 @@ async fn first_start_creates_one_admin() {
     );
 }
 
-fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+pub(super) fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "edgeqi-test-boundary";
     let mut body = Vec::new();
     for (name, filename, data) in fields {
@@ -730,7 +730,7 @@ fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-async fn post_report(
+pub(super) async fn post_report(
     state: &AppState,
     fields: &[(&str, Option<&str>, &[u8])],
 ) -> (StatusCode, serde_json::Value) {
@@ -749,7 +749,7 @@ async fn post_report(
     )
 }
 
-fn test_photo() -> Vec<u8> {
+pub(super) fn test_photo() -> Vec<u8> {
     std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/testdata/bus.jpg"

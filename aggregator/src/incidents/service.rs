@@ -165,7 +165,8 @@ pub struct Incidents {
     pub analyzer: Option<Arc<dyn PhotoAnalyzer>>,
     pub report_limiter: RateLimiter,
     pub max_photo_bytes: usize,
-    /// Tenant that public reports belong to (`None`: global).
+    /// Tenant of public reports that name none (`reports.default_tenant_id`;
+    /// `None`: they belong to no tenant, and only global users see them).
     pub report_tenant: Option<i64>,
 }
 
