@@ -239,15 +239,16 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         config.alerts.clone(),
     )?;
     alerts.rules_changed().await?;
+    let registry = registry::Registry::open(&config.accounts_database_url, config.max_packet_size)?;
     let evaluator_task = tokio::spawn(evaluator.run(
         edgeqi_aggregator::alerts::EngineDeps {
             incidents: incidents.clone(),
             live: live.clone(),
             accounts: accounts.clone(),
+            registry: registry.clone(),
         },
         shutdown_rx.clone(),
     ));
-    let registry = registry::Registry::open(&config.accounts_database_url, config.max_packet_size)?;
     let settings = ingest::IngestSettings {
         endpoint: endpoint.clone(),
         client_id: config.mqtt_client_id.clone(),

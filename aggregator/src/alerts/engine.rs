@@ -28,6 +28,8 @@ pub struct EngineDeps {
     pub incidents: Arc<Incidents>,
     pub live: LiveBus,
     pub accounts: Arc<dyn AccountStore>,
+    /// Camera locations: an alert's incident is placed at the camera that saw it.
+    pub registry: crate::registry::Registry,
 }
 
 /// How often rules and node tenants are re-read even without a change signal
@@ -282,6 +284,16 @@ impl State {
         let mut incident_created = false;
         if let Some(action) = &spec.actions.incident {
             let svc = &self.deps.incidents;
+            // Where the triggering camera stands, when the registry knows:
+            // dedup by distance and hotspots then work for alerts as for
+            // reports. Unregistered or unplaced cameras give no location.
+            let location = match self.deps.registry.camera(&o.node_id, &o.camera_id).await {
+                Ok(camera) => camera.and_then(|c| c.location),
+                Err(e) => {
+                    tracing::warn!(rule = rule.id, node_id = %o.node_id, camera_id = %o.camera_id, error = %e, "cannot read the camera's location; the incident gets none");
+                    None
+                }
+            };
             let sla = svc.sla.sla(&action.category, action.severity);
             match svc
                 .store
@@ -291,8 +303,8 @@ impl State {
                         category: action.category.clone(),
                         severity: action.severity,
                         title: title.clone(),
-                        lat: None,
-                        lng: None,
+                        lat: location.map(|l| l.lat),
+                        lng: location.map(|l| l.lng),
                         source: "alert".into(),
                     },
                     svc.dedup,

@@ -50,6 +50,9 @@ async fn harness_with(settings: AlertSettings) -> Harness {
         None,
     ));
     let live = LiveBus::new(256);
+    let registry =
+        crate::registry::Registry::open(&url, edgeqi_shared::protocol::DEFAULT_MAX_PAYLOAD_BYTES)
+            .expect("registry");
     let (alerts, evaluator) = Alerts::open(&url, settings).expect("alerts");
     let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(evaluator.run(
@@ -57,6 +60,7 @@ async fn harness_with(settings: AlertSettings) -> Harness {
             incidents: incidents.clone(),
             live: live.clone(),
             accounts: accounts.clone(),
+            registry: registry.clone(),
         },
         shutdown_rx,
     ));
@@ -74,11 +78,7 @@ async fn harness_with(settings: AlertSettings) -> Harness {
         events: crate::events::EventStore::open(&url).expect("events"),
         reviews: crate::reviews::ReviewStore::open(&url).expect("reviews"),
         alerts,
-        registry: crate::registry::Registry::open(
-            &url,
-            edgeqi_shared::protocol::DEFAULT_MAX_PAYLOAD_BYTES,
-        )
-        .expect("registry"),
+        registry,
         metrics: None,
         node_credentials: crate::accounts::node_credentials::NodeCredentials::open(&url)
             .expect("node credentials"),
@@ -319,6 +319,105 @@ async fn cooldown_expires_and_incidents_dedup() {
     // Same category, no location, within the dedup window: one incident.
     assert!(first["incident_id"].is_i64());
     assert_eq!(first["incident_id"], second["incident_id"]);
+}
+
+#[tokio::test]
+async fn alert_incidents_are_placed_at_the_registered_camera() {
+    let h = harness().await;
+    let mut rx = h.state.live.subscribe();
+    let place = |node: &'static str, lat: f64| {
+        let registry = h.state.registry.clone();
+        async move {
+            registry
+                .create(
+                    node,
+                    edgeqi_shared::camera::CameraSpec {
+                        id: "north".into(),
+                        name: None,
+                        location: Some(edgeqi_shared::camera::GeoPoint { lat, lng: 4.8952 }),
+                        heading: None,
+                        detect_fps: None,
+                        zones: vec![],
+                        lines: vec![],
+                    },
+                )
+                .await
+                .expect("camera registered");
+        }
+    };
+    place("gate-01", 52.3702).await;
+    // The same camera id on another node, 11 km north.
+    place("gate-far", 52.4702).await;
+    let rule = create_rule(
+        &h.state,
+        ADMIN,
+        json!({
+            "name": "truck on the list", "kind": "watchlist", "labels": ["truck"], "cooldown_s": 0,
+            "actions": {"incident": {"category": "watchlist", "severity": "medium"}}
+        }),
+    )
+    .await;
+    let incident_of = |alert: &Value| alert["incident_id"].as_i64().expect("incident id");
+    let fetch = |id: i64| {
+        let state = h.state.clone();
+        async move {
+            let (status, body) = call(
+                &state,
+                "GET",
+                &format!("/api/v1/incidents/{id}"),
+                ADMIN,
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let t0 = Utc::now();
+    let s = chrono::Duration::seconds;
+    h.ingest("gate-01", vec![detection("truck", t0, None, None)])
+        .await;
+    let here = incident_of(&next_alert(&mut rx, rule).await);
+    let inc = fetch(here).await;
+    assert_eq!(
+        (inc["lat"].as_f64(), inc["lng"].as_f64()),
+        (Some(52.3702), Some(4.8952)),
+        "{inc}"
+    );
+    assert_eq!(inc["source"], "alert");
+    // 11 km away is outside the dedup radius: its own incident, at its camera.
+    h.ingest("gate-far", vec![detection("truck", t0 + s(1), None, None)])
+        .await;
+    let far = incident_of(&next_alert(&mut rx, rule).await);
+    assert_ne!(far, here);
+    assert_eq!(fetch(far).await["lat"].as_f64(), Some(52.4702));
+    // The same camera again joins its incident.
+    h.ingest("gate-01", vec![detection("truck", t0 + s(2), None, None)])
+        .await;
+    assert_eq!(incident_of(&next_alert(&mut rx, rule).await), here);
+    assert_eq!(fetch(here).await["report_count"], 2);
+    // A camera the registry does not know gives an incident without a place,
+    // which joins neither located one.
+    h.ingest(
+        "gate-unplaced",
+        vec![detection("truck", t0 + s(3), None, None)],
+    )
+    .await;
+    let nowhere = incident_of(&next_alert(&mut rx, rule).await);
+    assert!(nowhere != here && nowhere != far);
+    assert_eq!(fetch(nowhere).await["lat"], Value::Null);
+    // Hotspots count the located alert incidents.
+    let (status, hot) = call(
+        &h.state,
+        "GET",
+        "/api/v1/analytics/hotspots?cell_m=1000",
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{hot}");
+    assert_eq!(hot["incidents"], 2, "{hot}");
+    assert_eq!(hot["items"].as_array().map(Vec::len), Some(2), "{hot}");
 }
 
 #[tokio::test]
