@@ -182,6 +182,26 @@ fn the_fp32_export_imports_and_matches_its_reference() {
 }
 
 #[test]
+fn an_onnx_export_loads_directly_and_detects_like_its_import() {
+    let opts = DetectorOptions {
+        precision: Precision::Int8,
+        threads: 2,
+        ..DetectorOptions::default()
+    };
+    let direct = Yolo::load(&shared("models/yolov8n_int8.onnx"), opts).expect("load .onnx");
+    let imported = Yolo::load(imported_int8(), opts).expect("load import");
+    let (a, b) = (detect(&direct, "bus.jpg"), detect(&imported, "bus.jpg"));
+    assert!(a.iter().any(|d| d.label == "bus"), "{a:?}");
+    assert_eq!(a, b, "the same weights, the same detections");
+    // A file named .onnx that is not one says so.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bus.onnx");
+    std::fs::copy(shared("testdata/bus.jpg"), &bad).expect("copy");
+    let err = Yolo::load(&bad, DetectorOptions::default()).expect_err("a JPEG is not ONNX");
+    assert!(err.to_string().contains("not an ONNX model"), "{err}");
+}
+
+#[test]
 fn labels_and_input_size_come_from_the_model_file() {
     let y = yolo(Precision::F32);
     assert_eq!(y.labels().len(), 80);

@@ -54,6 +54,20 @@ pub fn import_onnx(
     out: &Path,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ImportSummary, DetectorError> {
+    let (summary, bytes) = import_onnx_to_bytes(input, progress)?;
+    std::fs::write(out, bytes).map_err(|e| DetectorError::Io {
+        path: out.display().to_string(),
+        source: e,
+    })?;
+    Ok(summary)
+}
+
+/// Reads an ONNX file and returns the safetensors model in memory (what
+/// [`import_onnx`] writes), for loading an export without a separate import.
+pub fn import_onnx_to_bytes(
+    input: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(ImportSummary, Vec<u8>), DetectorError> {
     let bytes = std::fs::read(input).map_err(|e| DetectorError::Io {
         path: input.display().to_string(),
         source: e,
@@ -68,8 +82,7 @@ pub fn import_onnx(
         num_classes: meta.names.len(),
         imgsz: meta.imgsz,
     };
-    write(&meta, &convs, out)?;
-    Ok(summary)
+    Ok((summary, serialize(&meta, &convs)?))
 }
 
 fn not_yolo(input: &Path, why: impl std::fmt::Display) -> DetectorError {
@@ -290,11 +303,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn write(
+fn serialize(
     meta: &ModelMeta,
     convs: &BTreeMap<String, ConvTensors>,
-    out: &Path,
-) -> Result<(), DetectorError> {
+) -> Result<Vec<u8>, DetectorError> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (p, t) in convs {
         let cout = t.dims[0];
@@ -335,10 +347,8 @@ fn write(
             .map_err(|e| DetectorError::Import(format!("tensor {name}: {e}")))?;
         views.push((name.clone(), v));
     }
-    safetensors::serialize_to_file(views, Some(meta.to_map()), out).map_err(|e| DetectorError::Io {
-        path: out.display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    safetensors::serialize(views, Some(meta.to_map()))
+        .map_err(|e| DetectorError::Import(format!("cannot serialise the model: {e}")))
 }
 
 /// Parses Ultralytics' `names` metadata, a Python dict literal

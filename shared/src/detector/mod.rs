@@ -133,9 +133,19 @@ pub struct Yolo {
 }
 
 impl Yolo {
-    /// Loads an imported model file.
+    /// Loads an imported model file, or an Ultralytics ONNX export
+    /// (`*.onnx`), which is then imported in memory first: that costs a
+    /// second or two at every start, which `model import` saves.
     pub fn load(path: &Path, options: DetectorOptions) -> Result<Self, DetectorError> {
-        let weights = Weights::open(path)?;
+        let onnx = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+        let weights = if onnx {
+            let (_, bytes) = import::import_onnx_to_bytes(path, &mut |_, _| {})?;
+            Weights::from_bytes(bytes)?
+        } else {
+            Weights::open(path)?
+        };
         Self::from_weights(&weights, options)
     }
 
