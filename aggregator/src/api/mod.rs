@@ -39,7 +39,7 @@ pub(crate) mod ws;
 use auth::{AsViewer, Authed, Principal};
 pub use error::ApiError;
 use export::{Column, Format, ListFormat, PageFuture};
-use openapi::{ApiRoutes, ErrorBody, Items, Page};
+use openapi::{ApiRoutes, ErrorBody, Page};
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
@@ -670,33 +670,38 @@ async fn timeseries(
     }))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct LimitParam {
-    /// 1..=1000, default 100.
-    limit: Option<usize>,
-}
+/// How many of the newest refused payloads `GET /api/v1/dead-letters` pages
+/// through. The store answers newest-first windows only (no cursor of its
+/// own), and each row carries up to 64 KiB of payload, so the window is the
+/// largest page the list ever loaded; older rows stay in the table until
+/// `retention.dead_letters` removes them.
+pub const DEAD_LETTER_WINDOW: usize = MAX_PAGE;
 
-/// Refused payloads with their reason, newest first.
+/// Refused payloads with their reason, newest first: the newest
+/// [`DEAD_LETTER_WINDOW`] (1000) of the caller's nodes, a page at a time.
 #[utoipa::path(get, path = "/dead-letters", tag = "nodes", operation_id = "dead_letters",
-    security(("jwt" = ["operator"])), params(LimitParam),
-    responses((status = 200, description = "JSON, or CSV or NDJSON (`format=`)",
-        content((Items<DeadLetter> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
+    security(("jwt" = ["operator"])), params(export::PageParams),
+    responses(
+        (status = 200, description = "one page as JSON, or every listed row as CSV or NDJSON (`format=`)",
+            content((Page<DeadLetter> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "a cursor this API did not return", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn dead_letters(
     State(state): State<AppState>,
     Authed(who): auth::AsOperator,
     ListFormat(format): ListFormat,
-    Query(p): Query<LimitParam>,
+    Query(p): Query<export::PageParams>,
 ) -> Result<Response, ApiError> {
-    let limit = p.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let mut items = state.store.dead_letters(limit).await?;
+    let mut items = state.store.dead_letters(DEAD_LETTER_WINDOW).await?;
     // A tenant's operator sees its own nodes' refused payloads only; those
-    // of no known node are for global operators.
+    // of no known node are for global operators. Filtered before paging, so
+    // a tenant's pages are full.
     if let Some(visible) = visible_nodes(&state, &who).await? {
         items.retain(|d| d.node_id.as_ref().is_some_and(|n| visible.contains(n)));
     }
-    Ok(export::respond_all(
+    // Newest first: ids descend (the cursor is the last id of a page).
+    let pages = export::sorted_pages(items, |d: &DeadLetter| -d.id, p.limit(format));
+    export::respond(
         format,
         &[
             ("id", "id"),
@@ -708,8 +713,10 @@ async fn dead_letters(
             ("payload_bytes", "payload_bytes"),
             ("payload", "payload"),
         ],
-        items,
-    ))
+        p.cursor,
+        pages,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -1892,6 +1892,121 @@ async fn lists_export_as_csv_and_ndjson_streaming_every_page_within_scope() {
     }
 }
 
+/// Walks `uri` (which has a `?`) page by page as `token`; the ids in order.
+async fn walk_ids(state: &AppState, uri: &str, token: &str) -> (Vec<i64>, Vec<usize>) {
+    let (mut ids, mut sizes, mut cursor) = (Vec::new(), Vec::new(), None::<String>);
+    loop {
+        let page_uri = match &cursor {
+            Some(c) => format!("{uri}&cursor={c}"),
+            None => uri.to_owned(),
+        };
+        let (status, page) = get(state, &page_uri, Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{page_uri}: {page}");
+        let items = page["items"].as_array().expect("items");
+        sizes.push(items.len());
+        ids.extend(items.iter().map(|d| d["id"].as_i64().expect("id")));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return (ids, sizes),
+        }
+        assert!(sizes.len() < 50, "the walk does not end");
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_walk_in_pages_newest_first_within_the_tenant() {
+    let f = fixture();
+    let s = &f.state;
+    let (_, t) = send(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": "dl-city"})),
+    )
+    .await;
+    let t = t["id"].as_i64().expect("tenant");
+    let (status, body) = send(
+        s,
+        "POST",
+        "/api/v1/nodes",
+        Some(ADMIN),
+        Some(serde_json::json!({"node_id": "gate-a", "tenant_id": t})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    create_user(s, ADMIN, serde_json::json!({"username": "dl-op", "password": "operator-pw", "role": "operator", "tenant_id": t})).await;
+    let op = login(s, "dl-op", "operator-pw").await.1["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    // Seven refused payloads: four of the tenant's node, three of others.
+    for (i, node) in [
+        "gate-a", "gate-b", "gate-a", "gate-b", "gate-a", "gate-a", "gate-b",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.store
+            .dead_letter(
+                &format!("edgeqi/v1/nodes/{node}/detections"),
+                Some(node),
+                "invalid_json",
+                &format!("bad {i}"),
+                b"{oops",
+            )
+            .await
+            .expect("dead letter");
+    }
+    let (all, sizes) = walk_ids(s, "/api/v1/dead-letters?limit=3", ADMIN).await;
+    assert_eq!(sizes, [3, 3, 1]);
+    assert_eq!(all.len(), 7);
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+    // The tenant's operator walks only its node's, in full pages.
+    let (mine, sizes) = walk_ids(s, "/api/v1/dead-letters?limit=2", &op).await;
+    assert_eq!(sizes, [2, 2]);
+    let (_, everything) = get(s, "/api/v1/dead-letters?limit=100", None).await;
+    let expected: Vec<i64> = everything["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|d| d["node_id"] == "gate-a")
+        .map(|d| d["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(mine, expected);
+    assert_eq!(everything["next_cursor"], serde_json::Value::Null);
+    // A row refused between two pages neither repeats nor hides the older ones.
+    let (_, first) = get(s, "/api/v1/dead-letters?limit=3", None).await;
+    s.store
+        .dead_letter(
+            "edgeqi/v1/nodes/gate-b/detections",
+            Some("gate-b"),
+            "invalid_json",
+            "late",
+            b"x",
+        )
+        .await
+        .expect("dead letter");
+    let cursor = first["next_cursor"].as_str().expect("cursor");
+    let (_, second) = get(
+        s,
+        &format!("/api/v1/dead-letters?limit=3&cursor={cursor}"),
+        None,
+    )
+    .await;
+    let second: Vec<i64> = second["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|d| d["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(second, all[3..6]);
+    // A cursor this API did not hand out is a 400.
+    let (status, body) = get(s, "/api/v1/dead-letters?cursor=bogus", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+}
+
 mod matrix;
 
 /// Export throughput against paging through JSON (run with `--ignored --nocapture`;
