@@ -54,11 +54,14 @@ fn stored_for(agg: &Aggregator, node: &str) -> Result<usize> {
     Ok(body["items"].as_array().map_or(0, Vec::len))
 }
 
+/// Nodes that have reported (the list also shows provisioned nodes that
+/// never did, with `"reported": false`).
 fn node_ids(agg: &Aggregator) -> Result<Vec<String>> {
     Ok(agg.get("/api/v1/nodes")?["items"]
         .as_array()
         .map(|a| {
             a.iter()
+                .filter(|n| n["reported"] == true)
                 .filter_map(|n| n["node_id"].as_str().map(str::to_owned))
                 .collect()
         })

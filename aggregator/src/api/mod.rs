@@ -298,8 +298,11 @@ pub struct Ledger {
     pub epochs: Vec<LedgerEntry>,
 }
 
-/// The nodes the caller may see that have reported, by node id, with their
-/// latest heartbeat and online state.
+/// The nodes the caller may see, by node id: those that have reported, with
+/// their latest heartbeat and online state, and those provisioned
+/// (`POST /api/v1/nodes`) that never did, offline with `reported: false` and
+/// null times. `GET /api/v1/stats/summary` counts only the nodes that have
+/// reported (`nodes_total`), so this list may be longer.
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes",
     security(("jwt" = ["viewer"])), params(export::PageParams),
     responses(
@@ -315,16 +318,38 @@ async fn list_nodes(
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
     let mut nodes = state.store.nodes().await?;
-    if let Some(visible) = visible_nodes(&state, &who).await? {
-        nodes.retain(|n| visible.contains(&n.node_id));
-    }
-    let rows: Vec<_> = nodes.into_iter().map(|n| NodeView::new(n, now)).collect();
+    // Provisioned nodes: the caller's tenant's, or every tenant's.
+    let provisioned = match visible_nodes(&state, &who).await? {
+        Some(visible) => {
+            nodes.retain(|n| visible.contains(&n.node_id));
+            visible
+        }
+        None => {
+            let mut all = Vec::new();
+            for t in state.accounts.tenants().await? {
+                all.extend(state.accounts.tenant_nodes(t.id).await?);
+            }
+            all
+        }
+    };
+    let reported: std::collections::HashSet<String> =
+        nodes.iter().map(|n| n.node_id.clone()).collect();
+    let mut rows: Vec<_> = nodes.into_iter().map(|n| NodeView::new(n, now)).collect();
+    // Those that never reported are listed too: offline, `reported: false`.
+    let mut silent: Vec<String> = provisioned
+        .into_iter()
+        .filter(|n| !reported.contains(n))
+        .collect();
+    silent.sort();
+    silent.dedup();
+    rows.extend(silent.into_iter().map(NodeView::never_reported));
     let pages = export::sorted_pages(rows, |n: &NodeView| n.node_id.clone(), p.limit(format));
     export::respond(
         format,
         &[
             ("node_id", "node_id"),
             ("online", "online"),
+            ("reported", "reported"),
             ("first_seen", "first_seen"),
             ("last_seen", "last_seen"),
             ("last_heartbeat_at", "last_heartbeat_at"),

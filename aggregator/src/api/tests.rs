@@ -2379,8 +2379,22 @@ async fn a_provisioned_node_that_never_reported_is_shown_and_its_credentials_rev
         assert!(node["config"]["applied_version"].is_null(), "{node}");
         assert_eq!(node["config"]["in_sync"], false, "{node}");
     }
-    // The list shows nodes that reported.
-    let (_, list) = get(s, "/api/v1/nodes", None).await;
+    // The list shows it too, offline and never reported, to its tenant and
+    // global callers only; the summary counts nodes that reported.
+    for token in [None, Some(viewer.as_str())] {
+        let (status, list) = get(s, "/api/v1/nodes", token).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let items = list["items"].as_array().expect("items");
+        assert_eq!(items.len(), 1, "{list}");
+        assert_eq!(items[0]["node_id"], "quiet-1");
+        assert_eq!(items[0]["reported"], false);
+        assert_eq!(items[0]["online"], false);
+        assert!(items[0]["last_seen"].is_null(), "{list}");
+        let (_, summary) = get(s, "/api/v1/stats/summary", token).await;
+        assert_eq!(summary["nodes_total"], 0, "{summary}");
+        assert_eq!(summary["nodes_online"], 0, "{summary}");
+    }
+    let (_, list) = get(s, "/api/v1/nodes", Some(other_viewer)).await;
     assert_eq!(list["items"], serde_json::json!([]), "{list}");
     // Another tenant, and nodes nobody knows, get 404 with an error object.
     for (uri, token) in [
@@ -2405,6 +2419,37 @@ async fn a_provisioned_node_that_never_reported_is_shown_and_its_credentials_rev
     s.store.ingest_batch(&batch).await.expect("batch");
     let (_, node) = get(s, "/api/v1/nodes/quiet-1", None).await;
     assert_eq!(node["reported"], true, "{node}");
+    let (_, list) = get(s, "/api/v1/nodes", Some(viewer)).await;
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(1),
+        "listed once: {list}"
+    );
+    assert_eq!(list["items"][0]["reported"], true, "{list}");
+    let (_, summary) = get(s, "/api/v1/stats/summary", Some(viewer)).await;
+    assert_eq!(summary["nodes_total"], 1, "{summary}");
+    // Reported and silent nodes page together, by node id.
+    let (status, body) = send(
+        s,
+        "POST",
+        "/api/v1/nodes",
+        Some(ADMIN),
+        Some(serde_json::json!({"node_id": "quiet-0", "tenant_id": tenants[0]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, first) = get(s, "/api/v1/nodes?limit=1", Some(viewer)).await;
+    assert_eq!(first["items"][0]["node_id"], "quiet-0", "{first}");
+    assert_eq!(first["items"][0]["reported"], false, "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a second page");
+    let (_, second) = get(
+        s,
+        &format!("/api/v1/nodes?limit=1&cursor={cursor}"),
+        Some(viewer),
+    )
+    .await;
+    assert_eq!(second["items"][0]["node_id"], "quiet-1", "{second}");
+    assert_eq!(second["next_cursor"], serde_json::Value::Null, "{second}");
     assert!(node["first_seen"].is_string(), "{node}");
     assert_eq!(node["ledger"][0]["acked_seq"], 1, "{node}");
 
