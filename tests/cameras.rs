@@ -324,17 +324,7 @@ fn broken_sources_are_reported_and_the_agent_stays_up() -> Result<()> {
 
 #[test]
 fn process_runs_the_pipeline_over_a_recording() -> Result<()> {
-    let out = Command::new(bin("edgeqi-agent"))
-        .args(["--node-id", "offline", "process", "--json"])
-        .args(["--start", "2026-11-23T10:00:00Z"])
-        .arg(street_mp4())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout)?;
+    let r = process_street(&[], &["--start", "2026-11-23T10:00:00Z"])?;
     let seen = r["frames_seen"].as_u64().unwrap_or(0);
     let inferred = r["frames_inferred"].as_u64().unwrap_or(0);
     let gated = r["frames_gated"].as_u64().unwrap_or(0);
@@ -384,17 +374,14 @@ fn process_runs_the_pipeline_over_a_recording() -> Result<()> {
     Ok(())
 }
 
-/// `edgeqi-agent process --json` over street.mp4 with the real YOLO model
-/// and the given `[motion_gate]` settings.
-fn process_with_yolo(dir: &Path, model: &Path, gate: &str) -> Result<Value> {
-    let config = dir.join(format!("gate-{}.toml", gate.len()));
-    std::fs::write(&config, format!("[motion_gate]\n{gate}\n"))?;
+/// The report of `edgeqi-agent --node-id offline GLOBAL… process --json
+/// FLAGS… street.mp4`, which must succeed.
+fn process_street(global: &[&std::ffi::OsStr], flags: &[&str]) -> Result<Value> {
     let out = Command::new(bin("edgeqi-agent"))
-        .args(["--node-id", "offline", "--config"])
-        .arg(&config)
-        .arg("--model")
-        .arg(model)
-        .args(["process", "--json", "--no-send"])
+        .args(["--node-id", "offline"])
+        .args(global)
+        .args(["process", "--json"])
+        .args(flags)
         .arg(street_mp4())
         .output()?;
     ensure!(
@@ -403,6 +390,22 @@ fn process_with_yolo(dir: &Path, model: &Path, gate: &str) -> Result<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `process` over street.mp4 with the real YOLO model and the given
+/// `[motion_gate]` settings.
+fn process_with_yolo(dir: &Path, model: &Path, gate: &str) -> Result<Value> {
+    let config = dir.join(format!("gate-{}.toml", gate.len()));
+    std::fs::write(&config, format!("[motion_gate]\n{gate}\n"))?;
+    process_street(
+        &[
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--model".as_ref(),
+            model.as_os_str(),
+        ],
+        &["--no-send"],
+    )
 }
 
 /// The target for the gate: at least half the detector work saved
