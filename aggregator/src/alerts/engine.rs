@@ -282,6 +282,12 @@ impl State {
         );
         let mut incident_id = None;
         let mut incident_created = false;
+        // Every incident belongs to a tenant when it can: a global rule's
+        // incident is the observing node's tenant's, so that tenant's
+        // operators can work it (the alert itself stays the rule's).
+        let incident_tenant = rule
+            .tenant_id
+            .or_else(|| self.node_tenants.get(&o.node_id).copied());
         if let Some(action) = &spec.actions.incident {
             let svc = &self.deps.incidents;
             // Where the triggering camera stands, when the registry knows:
@@ -299,7 +305,7 @@ impl State {
                 .store
                 .open_or_join(
                     NewIncident {
-                        tenant_id: rule.tenant_id,
+                        tenant_id: incident_tenant,
                         category: action.category.clone(),
                         severity: action.severity,
                         title: title.clone(),
@@ -369,7 +375,7 @@ impl State {
         if let Some(incident) = incident_id {
             let record = AuditRecord {
                 actor: format!("alert-rule:{}", rule.id),
-                tenant_id: rule.tenant_id,
+                tenant_id: incident_tenant,
                 action: if incident_created {
                     "incident.create"
                 } else {

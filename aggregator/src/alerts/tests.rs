@@ -1053,6 +1053,60 @@ async fn live_alerts_reach_only_their_tenant() {
 }
 
 #[tokio::test]
+async fn a_global_rules_incident_belongs_to_the_observing_nodes_tenant() {
+    let h = harness().await;
+    let s = &h.state;
+    let (_, t) = call(
+        s,
+        "POST",
+        "/api/v1/tenants",
+        ADMIN,
+        Some(json!({"name": "north"})),
+    )
+    .await;
+    let tenant = t["id"].as_i64().expect("tenant id");
+    call(
+        s,
+        "POST",
+        "/api/v1/nodes",
+        ADMIN,
+        Some(json!({"node_id": "cam-n", "tenant_id": tenant})),
+    )
+    .await;
+    // A rule made by the global admin: it watches every tenant's nodes.
+    let rule = create_rule(
+        s,
+        ADMIN,
+        json!({"name": "smoke", "kind": "watchlist", "labels": ["smoke"],
+               "actions": {"incident": {"category": "fire", "severity": "high"}}}),
+    )
+    .await;
+    let mut rx = s.live.subscribe();
+    h.ingest("cam-n", vec![detection("smoke", Utc::now(), None, None)])
+        .await;
+    let alert = next_alert(&mut rx, rule).await;
+    assert_eq!(
+        alert["tenant_id"],
+        Value::Null,
+        "the alert is the global rule's"
+    );
+    let incident = alert["incident_id"].as_i64().expect("an incident");
+    // The tenant's operator sees and can work the incident.
+    let (_, key) = call(
+        s,
+        "POST",
+        "/api/v1/api-keys",
+        ADMIN,
+        Some(json!({"name": "op-n", "role": "operator", "tenant_id": tenant})),
+    )
+    .await;
+    let op = key["key"].as_str().expect("key");
+    let (status, body) = call(s, "GET", &format!("/api/v1/incidents/{incident}"), op, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tenant_id"], tenant, "{body}");
+}
+
+#[tokio::test]
 async fn line_crossings_fire_through_real_mqtt_ingest() {
     use rumqttc::{AsyncClient, MqttOptions, QoS};
 
