@@ -695,19 +695,12 @@ async fn timeseries(
     }))
 }
 
-/// How many of the newest refused payloads `GET /api/v1/dead-letters` pages
-/// through. The store answers newest-first windows only (no cursor of its
-/// own), and each row carries up to 64 KiB of payload, so the window is the
-/// largest page the list ever loaded; older rows stay in the table until
-/// `retention.dead_letters` removes them.
-pub const DEAD_LETTER_WINDOW: usize = MAX_PAGE;
-
-/// Refused payloads with their reason, newest first: the newest
-/// [`DEAD_LETTER_WINDOW`] (1000) of the caller's nodes, a page at a time.
+/// Refused payloads with their reason, newest first, of the caller's nodes
+/// (global operators also see those of no known node), a page at a time.
 #[utoipa::path(get, path = "/dead-letters", tag = "nodes", operation_id = "dead_letters",
     security(("jwt" = ["operator"])), params(export::PageParams),
     responses(
-        (status = 200, description = "one page as JSON, or every listed row as CSV or NDJSON (`format=`)",
+        (status = 200, description = "one page as JSON, or every row from the cursor on as CSV or NDJSON (`format=`)",
             content((Page<DeadLetter> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, description = "a cursor this API did not return", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
@@ -717,15 +710,34 @@ async fn dead_letters(
     ListFormat(format): ListFormat,
     Query(p): Query<export::PageParams>,
 ) -> Result<Response, ApiError> {
-    let mut items = state.store.dead_letters(DEAD_LETTER_WINDOW).await?;
-    // A tenant's operator sees its own nodes' refused payloads only; those
-    // of no known node are for global operators. Filtered before paging, so
-    // a tenant's pages are full.
-    if let Some(visible) = visible_nodes(&state, &who).await? {
-        items.retain(|d| d.node_id.as_ref().is_some_and(|n| visible.contains(n)));
-    }
-    // Newest first: ids descend (the cursor is the last id of a page).
-    let pages = export::sorted_pages(items, |d: &DeadLetter| -d.id, p.limit(format));
+    // A tenant's operator sees its own nodes' refused payloads only; the
+    // store filters before it pages, so a tenant's pages are full.
+    let node_ids = visible_nodes(&state, &who)
+        .await?
+        .map(|nodes| nodes.into_iter().collect::<Vec<_>>());
+    let limit = p.limit(format);
+    let store = state.store.clone();
+    // The cursor is the last id of the previous page (ids descend).
+    let fetch = move |cursor: Option<String>| -> export::PageFuture<DeadLetter> {
+        let (store, node_ids) = (store.clone(), node_ids.clone());
+        Box::pin(async move {
+            let before_id = match cursor {
+                None => None,
+                Some(c) => Some(c.parse::<i64>().map_err(|_| export::bad_cursor(&c))?),
+            };
+            let q = crate::store::DeadLetterQuery {
+                before_id,
+                node_ids,
+                limit: limit + 1,
+            };
+            let mut items = store.dead_letters(&q).await?;
+            let next = (items.len() > limit).then(|| {
+                items.truncate(limit);
+                items.last().map(|d| d.id.to_string())
+            });
+            Ok((items, next.flatten()))
+        })
+    };
     export::respond(
         format,
         &[
@@ -739,7 +751,7 @@ async fn dead_letters(
             ("payload", "payload"),
         ],
         p.cursor,
-        pages,
+        fetch,
     )
     .await
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use edgeqi_shared::{Detection, DetectionBatch, DetectionCount, Heartbeat, NodeStatus};
 
-use super::{DetectionQuery, RetentionPolicy, Store, TimeseriesBy, TimeseriesQuery};
+use super::{
+    DeadLetterQuery, DetectionQuery, RetentionPolicy, Store, TimeseriesBy, TimeseriesQuery,
+};
 
 fn t0() -> DateTime<Utc> {
     "2026-11-23T10:00:00Z".parse().expect("ts")
@@ -295,10 +297,69 @@ async fn dead_letters_are_kept(s: &dyn Store) {
     )
     .await
     .expect("dead letter");
-    let dl = s.dead_letters(10).await.expect("list");
+    let q = |before_id, node_ids: Option<&[&str]>, limit| DeadLetterQuery {
+        before_id,
+        node_ids: node_ids.map(|n| n.iter().map(|s| s.to_string()).collect()),
+        limit,
+    };
+    let dl = s.dead_letters(&q(None, None, 10)).await.expect("list");
     assert_eq!(dl[0].reason_code, "invalid_json");
     assert_eq!(dl[0].payload, "{oops");
     assert_eq!(dl[0].node_id.as_deref(), Some("x"));
+    // Keyset pages, newest first, filtered by node before the limit.
+    for (node, body) in [
+        (Some("y"), "1"),
+        (None, "2"),
+        (Some("x"), "3"),
+        (Some("y"), "4"),
+    ] {
+        s.dead_letter(
+            "edgeqi/v1/nodes/q/detections",
+            node,
+            "invalid_json",
+            "bad",
+            body.as_bytes(),
+        )
+        .await
+        .expect("dead letter");
+    }
+    let first = s.dead_letters(&q(None, None, 2)).await.expect("page 1");
+    assert_eq!(
+        first.iter().map(|d| d.payload.as_str()).collect::<Vec<_>>(),
+        ["4", "3"]
+    );
+    let second = s
+        .dead_letters(&q(Some(first[1].id), None, 10))
+        .await
+        .expect("page 2");
+    assert_eq!(
+        second
+            .iter()
+            .map(|d| d.payload.as_str())
+            .collect::<Vec<_>>(),
+        ["2", "1", "{oops"]
+    );
+    let ys = s
+        .dead_letters(&q(None, Some(&["y"]), 1))
+        .await
+        .expect("node y");
+    assert_eq!(
+        ys.iter().map(|d| d.payload.as_str()).collect::<Vec<_>>(),
+        ["4"]
+    );
+    let ys = s
+        .dead_letters(&q(Some(ys[0].id), Some(&["y"]), 5))
+        .await
+        .expect("node y, page 2");
+    assert_eq!(
+        ys.iter().map(|d| d.payload.as_str()).collect::<Vec<_>>(),
+        ["1"]
+    );
+    let none = s
+        .dead_letters(&q(None, Some(&[]), 5))
+        .await
+        .expect("no nodes");
+    assert!(none.is_empty(), "{none:?}");
 }
 
 async fn compacted_counts_are_stored(s: &dyn Store) {
@@ -466,7 +527,13 @@ async fn retention_deletes_what_the_policy_no_longer_keeps(s: &dyn Store) {
         .items
         .is_empty());
     assert!(
-        s.dead_letters(10).await.expect("dead letters").is_empty(),
+        s.dead_letters(&DeadLetterQuery {
+            limit: 10,
+            ..DeadLetterQuery::default()
+        })
+        .await
+        .expect("dead letters")
+        .is_empty(),
         "older than 1 h ten days on"
     );
     // The ledger is not subject to retention: resends are still recognised.

@@ -149,6 +149,16 @@ pub struct LedgerEntry {
     pub holes: Vec<(u64, u64)>,
 }
 
+/// Which refused payloads to list: those with an id below `before_id`
+/// (the previous page's last), of `node_ids` when given (a tenant's nodes;
+/// payloads of no known node are then left out), at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    pub before_id: Option<i64>,
+    pub node_ids: Option<Vec<String>>,
+    pub limit: usize,
+}
+
 /// A payload that was refused, kept for inspection.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
@@ -265,7 +275,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             "tenant-scoped summaries are not supported by this backend".into(),
         ))
     }
-    async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>>;
+    /// Refused payloads, newest first (ids descend), keyset-paged.
+    async fn dead_letters(&self, q: &DeadLetterQuery) -> StoreResult<Vec<DeadLetter>>;
     async fn timeseries(&self, q: &TimeseriesQuery) -> StoreResult<Vec<TimeseriesPoint>>;
     /// Deletes what the policy no longer keeps (and, on PostgreSQL, creates
     /// the partitions ahead of time).

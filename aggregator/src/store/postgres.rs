@@ -26,9 +26,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
 use super::{
-    DeadLetter, DetectionPage, DetectionQuery, IngestOutcome, LedgerEntry, NodeRecord,
-    RetentionPolicy, RetentionReport, Store, StoreError, StoreResult, StoredDetection, Summary,
-    TimeseriesBy, TimeseriesPoint, TimeseriesQuery,
+    DeadLetter, DeadLetterQuery, DetectionPage, DetectionQuery, IngestOutcome, LedgerEntry,
+    NodeRecord, RetentionPolicy, RetentionReport, Store, StoreError, StoreResult, StoredDetection,
+    Summary, TimeseriesBy, TimeseriesPoint, TimeseriesQuery,
 };
 
 /// Schema versions, applied in order inside one transaction each and recorded
@@ -1037,14 +1037,18 @@ impl Store for PgStore {
         self.summary_of(now, Some(node_ids)).await
     }
 
-    async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+    async fn dead_letters(&self, q: &DeadLetterQuery) -> StoreResult<Vec<DeadLetter>> {
         let client = self.pool.get().await?;
-        let limit = limit as i64;
+        let limit = q.limit as i64;
+        // The primary key orders and bounds the scan; the node filter is
+        // applied on the way.
         let rows = client
             .query(
                 "SELECT id, received_at, topic, node_id, reason_code, reason, payload, payload_bytes
-                 FROM dead_letters ORDER BY id DESC LIMIT $1",
-                &[&limit],
+                 FROM dead_letters
+                 WHERE ($2::bigint IS NULL OR id < $2) AND ($3::text[] IS NULL OR node_id = ANY($3))
+                 ORDER BY id DESC LIMIT $1",
+                &[&limit, &q.before_id, &q.node_ids],
             )
             .await?;
         Ok(rows

@@ -13,9 +13,9 @@ use edgeqi_shared::{DetectionBatch, Heartbeat, NodeStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    DeadLetter, DetectionPage, DetectionQuery, IngestOutcome, LedgerEntry, NodeRecord,
-    RetentionPolicy, RetentionReport, Store, StoreError, StoreResult, StoredDetection, Summary,
-    TimeseriesBy, TimeseriesPoint, TimeseriesQuery,
+    DeadLetter, DeadLetterQuery, DetectionPage, DetectionQuery, IngestOutcome, LedgerEntry,
+    NodeRecord, RetentionPolicy, RetentionReport, Store, StoreError, StoreResult, StoredDetection,
+    Summary, TimeseriesBy, TimeseriesPoint, TimeseriesQuery,
 };
 
 /// Schema versions, applied in order and recorded in `PRAGMA user_version`.
@@ -657,13 +657,22 @@ impl Store for SqliteStore {
         self.summary_of(now, Some(node_ids.to_vec())).await
     }
 
-    async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+    async fn dead_letters(&self, q: &DeadLetterQuery) -> StoreResult<Vec<DeadLetter>> {
+        let limit = q.limit as i64;
+        let before = q.before_id;
+        let nodes = q
+            .node_ids
+            .as_ref()
+            .map(|n| serde_json::to_string(n).unwrap_or_else(|_| "[]".into()));
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, received_ms, topic, node_id, reason_code, reason, payload, payload_bytes
-                 FROM dead_letters ORDER BY id DESC LIMIT ?1",
+                 FROM dead_letters
+                 WHERE (?2 IS NULL OR id < ?2)
+                   AND (?3 IS NULL OR node_id IN (SELECT value FROM json_each(?3)))
+                 ORDER BY id DESC LIMIT ?1",
             )?;
-            let rows = stmt.query_map([limit as i64], |r| {
+            let rows = stmt.query_map(rusqlite::params![limit, before, nodes], |r| {
                 let payload: Vec<u8> = r.get(6)?;
                 Ok(DeadLetter {
                     id: r.get(0)?,
