@@ -32,17 +32,14 @@ pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         // Cargo does not build other packages' binaries for a test target,
-        // so build them here; it is a no-op when they are up to date.
+        // so build them here; it is a no-op when they are up to date. The
+        // same selection as scripts/test's build and `cargo test
+        // --workspace`: building only the two packages would resolve other
+        // features (dev-dependencies count for the whole workspace), so
+        // the first e2e test of a run rebuilt the binaries for minutes.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "edgeqi-agent",
-                "-p",
-                "edgeqi-aggregator",
-            ])
+            .args(["build", "--quiet", "--workspace", "--all-targets"])
             .current_dir(workspace_root())
             .status()
             .map_err(|e| format!("cannot run cargo build: {e}"))?;
