@@ -38,8 +38,31 @@ pub fn bin(name: &str) -> PathBuf {
         // features (dev-dependencies count for the whole workspace), so
         // the first e2e test of a run rebuilt the binaries for minutes.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--workspace", "--all-targets"])
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "--workspace", "--all-targets"]);
+        // Nor may it see the variables cargo sets for this test process:
+        // ring's build script tracks CARGO_MANIFEST_DIR, so inheriting it
+        // made the build dirty and rebuilt ring, rustls and everything on
+        // top, here and again in the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_for_tests = key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&key.as_ref());
+            if set_for_tests {
+                build.env_remove(key.as_ref());
+            }
+        }
+        let status = build
             .current_dir(workspace_root())
             .status()
             .map_err(|e| format!("cannot run cargo build: {e}"))?;
