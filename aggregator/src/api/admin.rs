@@ -526,14 +526,8 @@ pub async fn rotate_node_credentials(
             "node {node_id:?} has no MQTT credentials: provision it with POST /api/v1/nodes"
         ))
     };
-    if !edgeqi_shared::topic::is_valid_node_id(&node_id) {
+    if !may_manage_node(&state, &who, &node_id).await? {
         return Err(not_found());
-    }
-    // A tenant admin rotates its own tenant's nodes only; others look absent.
-    if let Some(visible) = super::visible_nodes(&state, &who).await? {
-        if !visible.contains(&node_id) {
-            return Err(not_found());
-        }
     }
     if !state.node_credentials.exists(&node_id).await? {
         return Err(not_found());
@@ -555,6 +549,21 @@ pub async fn rotate_node_credentials(
     })))
 }
 
+/// Whether `node_id` is a valid id of a node `who` may manage: any for a
+/// global admin, its own tenant's for a tenant admin (others look absent).
+async fn may_manage_node(
+    state: &AppState,
+    who: &Principal,
+    node_id: &str,
+) -> Result<bool, ApiError> {
+    if !edgeqi_shared::topic::is_valid_node_id(node_id) {
+        return Ok(false);
+    }
+    Ok(super::visible_nodes(state, who)
+        .await?
+        .is_none_or(|visible| visible.iter().any(|n| n == node_id)))
+}
+
 /// Revokes a node's MQTT credentials (admin; another tenant's node is a
 /// 404): its password stops working at once and its open connection is
 /// closed, as on rotation; provisioning or rotation issues new ones. The
@@ -572,13 +581,8 @@ pub async fn revoke_node_credentials(
     Path(node_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::NotFound(format!("node {node_id:?} has no MQTT credentials"));
-    if !edgeqi_shared::topic::is_valid_node_id(&node_id) {
+    if !may_manage_node(&state, &who, &node_id).await? {
         return Err(not_found());
-    }
-    if let Some(visible) = super::visible_nodes(&state, &who).await? {
-        if !visible.contains(&node_id) {
-            return Err(not_found());
-        }
     }
     if !state.node_credentials.revoke(&node_id).await? {
         return Err(not_found());
