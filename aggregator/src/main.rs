@@ -293,7 +293,13 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         reviews: edgeqi_aggregator::reviews::ReviewStore::open(&config.accounts_database_url)?,
         alerts,
         registry,
-        metrics: Some(metrics),
+        metrics: Some(api::MetricsEndpoint {
+            handle: metrics,
+            // A secret, so from the environment only (like EDGEQI_ADMIN_TOKEN).
+            token: std::env::var("EDGEQI_METRICS_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        }),
         node_credentials: node_credentials.with_reserved(&config.mqtt_client_id),
     });
     tracing::info!(http = %http_addr, broker = %endpoint, bootstrap_token = config.admin_token.is_some(), "aggregator ready");

@@ -57,9 +57,27 @@ pub struct AppState {
     /// Alert rules, fired alerts, webhook deliveries.
     pub alerts: Arc<crate::alerts::Alerts>,
     pub registry: crate::registry::Registry,
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub metrics: Option<MetricsEndpoint>,
     /// Per-node MQTT credentials, issued by provisioning.
     pub node_credentials: crate::accounts::node_credentials::NodeCredentials,
+}
+
+/// What `GET /metrics` serves, and the bearer token a scraper must send
+/// when `EDGEQI_METRICS_TOKEN` is set (node ids and tenants' traffic show in
+/// the metrics; without a token the endpoint is open, for a scraper on a
+/// trusted network).
+#[derive(Clone)]
+pub struct MetricsEndpoint {
+    pub handle: metrics_exporter_prometheus::PrometheusHandle,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsEndpoint")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Largest citizen report (photo and fields).
@@ -208,15 +226,25 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn render_metrics(State(state): State<AppState>) -> Response {
-    match &state.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+async fn render_metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let Some(m) = &state.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response();
+    };
+    if let Some(want) = &m.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !auth::same_secret(given.trim().as_bytes(), want.as_bytes()) {
+            return ApiError::Unauthorized.into_response();
+        }
     }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.handle.render(),
+    )
+        .into_response()
 }
 
 /// A node as the API shows it: what the registry knows of it and whether it

@@ -2539,3 +2539,30 @@ async fn a_provisioned_node_that_never_reported_is_shown_and_its_credentials_rev
         .await
         .expect("verify"));
 }
+
+#[tokio::test]
+async fn metrics_need_the_metrics_token_when_one_is_set() {
+    let f = fixture();
+    let mut state = f.state.clone();
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let status = |state: AppState, token: Option<&'static str>| async move {
+        send(&state, "GET", "/metrics", token, None).await.0
+    };
+    state.metrics = Some(super::MetricsEndpoint {
+        handle: handle.clone(),
+        token: None,
+    });
+    assert_eq!(status(state.clone(), None).await, StatusCode::OK, "open");
+    state.metrics = Some(super::MetricsEndpoint {
+        handle,
+        token: Some("scrape-me".into()),
+    });
+    assert_eq!(status(state.clone(), None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(state.clone(), Some("wrong")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(status(state, Some("scrape-me")).await, StatusCode::OK);
+}
