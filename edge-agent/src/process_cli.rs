@@ -5,10 +5,9 @@
 //! detect-fps sampling, motion gate, detector, tracker, zones and lines.
 //! Frame times are the recording's own (start + presentation time; the
 //! start is `--start`, or the run's start when the recording's is not
-//! given), so
-//! dwell times and track ages mean what they would have meant live. A
-//! progress bar shows on a terminal; the results are printed, as a summary
-//! or, with `--json`, as one JSON document, and, when a broker is
+//! given), so dwell times and track ages mean what they would have meant
+//! live. A progress bar shows on a terminal; the results are printed, as a
+//! summary or, with `--json`, as one JSON document, and, when a broker is
 //! configured, sent to the aggregator ([`crate::agent::deliver_recording`]).
 
 use std::collections::BTreeMap;
