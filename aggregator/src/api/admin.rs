@@ -11,7 +11,7 @@ use serde_json::json;
 use super::auth::{
     api_key_digest, hash_password, new_api_key, AsAdmin, AsViewer, Authed, Principal,
 };
-use super::export::{respond, sorted_pages, Column, Format, ListFormat, PageFuture, PageParams};
+use super::export::{respond, sorted_pages, Column, ListFormat, PageFuture, PageParams};
 use super::openapi::Page;
 use super::{ApiError, AppState, JsonBody};
 use crate::accounts::{AccountError, ApiKey, AuditEntry, AuditRecord, Role, Tenant, User};
@@ -600,42 +600,24 @@ pub async fn revoke_node_credentials(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditParams {
-    /// 1..=1000, default 100.
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 /// Every mutation (who, what, before/after, when, from where), newest first;
 /// a tenant admin sees their tenant's.
 #[utoipa::path(get, path = "/audit", tag = "accounts", operation_id = "audit_log",
-    security(("jwt" = ["admin"])), params(AuditParams),
+    security(("jwt" = ["admin"])), params(PageParams),
     responses((status = 200, description = "one page as JSON, or every entry as CSV or NDJSON (`format=`)",
         content((Page<AuditEntry> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn audit_log(
     State(state): State<AppState>,
     Authed(who): AsAdmin,
     ListFormat(format): ListFormat,
-    Query(p): Query<AuditParams>,
+    Query(p): Query<PageParams>,
 ) -> Result<Response, ApiError> {
-    let limit = match format {
-        Format::Json => p.limit.unwrap_or(100).clamp(1, 1000),
-        _ => 1000,
-    };
+    let limit = p.limit(format);
     let scope = who.scope();
     let fetch = move |cursor: Option<String>| -> PageFuture<AuditEntry> {
         let state = state.clone();
         Box::pin(async move {
-            let before = cursor
-                .map(|c| {
-                    c.parse::<i64>().map_err(|_| {
-                        ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"))
-                    })
-                })
-                .transpose()?;
+            let before = super::export::id_cursor(cursor)?;
             let items = state.accounts.audit_log(scope, limit, before).await?;
             let next_cursor = (items.len() == limit)
                 .then(|| items.last().map(|e| e.id.to_string()))

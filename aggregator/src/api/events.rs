@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::auth::{AsViewer, Authed};
-use super::export::{respond, sorted_pages, Column, Format, ListFormat, PageFuture, PageParams};
+use super::export::{respond, sorted_pages, Column, ListFormat, PageFuture, PageParams};
 use super::openapi::{Binary, Page};
 use super::{visible_nodes, ApiError, AppState};
 use crate::events::{EventQuery, LineTotal, StoredEvent};
@@ -25,7 +25,7 @@ pub struct EventParams {
 }
 
 fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
-    let bad = || ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"));
+    let bad = || super::export::bad_cursor(c);
     let (ts, id) = c.split_once('.').ok_or_else(bad)?;
     Ok((
         i64::from_str_radix(ts, 16).map_err(|_| bad())?,
@@ -44,10 +44,7 @@ pub async fn list(
     ListFormat(format): ListFormat,
     Query(p): Query<EventParams>,
 ) -> Result<Response, ApiError> {
-    let limit = match format {
-        Format::Json => p.limit.unwrap_or(100).clamp(1, 1000),
-        _ => 1000,
-    };
+    let limit = super::export::page_limit(p.limit, format);
     let q = EventQuery {
         node_ids: visible_nodes(&state, &who).await?,
         node_id: p.node_id,

@@ -21,7 +21,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::openapi::{Items, Page};
+use super::openapi::Page;
 use super::ApiError;
 
 /// How a list is answered.
@@ -157,18 +157,32 @@ pub struct PageParams {
 }
 
 impl PageParams {
-    /// Rows per page: `limit` for JSON, 1000 per chunk for the streamed formats.
+    /// See [`page_limit`].
     pub fn limit(&self, format: Format) -> usize {
-        match format {
-            Format::Json => self.limit.unwrap_or(100).clamp(1, 1000),
-            _ => 1000,
-        }
+        page_limit(self.limit, format)
+    }
+}
+
+/// Rows per page: the caller's `limit` (1..=1000, default 100) for JSON,
+/// 1000 per chunk for the streamed formats.
+pub fn page_limit(limit: Option<usize>, format: Format) -> usize {
+    match format {
+        Format::Json => limit.unwrap_or(100).clamp(1, 1000),
+        _ => 1000,
     }
 }
 
 /// The answer to a cursor this API did not hand out.
 pub fn bad_cursor(c: &str) -> ApiError {
     ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"))
+}
+
+/// The id a keyset list continues below: its cursor is the previous page's
+/// last id.
+pub fn id_cursor(cursor: Option<String>) -> Result<Option<i64>, ApiError> {
+    cursor
+        .map(|c| c.parse::<i64>().map_err(|_| bad_cursor(&c)))
+        .transpose()
 }
 
 /// A page fetcher for [`respond`] over rows the handler already holds
@@ -212,19 +226,6 @@ where
             Ok((rows[start..end].to_vec(), next))
         })
     }
-}
-
-/// Answers a short, unpaged list: `{"items"}` as JSON, or all of it as CSV or NDJSON.
-pub fn respond_all<T: Serialize>(format: Format, columns: &[Column], items: Vec<T>) -> Response {
-    if format == Format::Json {
-        return Json(Items { items }).into_response();
-    }
-    let mut body = match format {
-        Format::Csv => csv_line(columns.iter().map(|c| c.0)),
-        _ => String::new(),
-    };
-    body.push_str(&render(format, columns, &items));
-    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 fn render<T: Serialize>(format: Format, columns: &[Column], rows: &[T]) -> String {

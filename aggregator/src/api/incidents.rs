@@ -142,10 +142,7 @@ pub async fn list(
     ListFormat(format): ListFormat,
     Query(p): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    let limit = match format {
-        Format::Json => p.limit.unwrap_or(100).clamp(1, 1000),
-        _ => 1000,
-    };
+    let limit = super::export::page_limit(p.limit, format);
     let status = p
         .status
         .as_deref()
@@ -162,13 +159,7 @@ pub async fn list(
     let fetch = move |cursor: Option<String>| -> PageFuture<IncidentView> {
         let (state, mut filter) = (state.clone(), filter.clone());
         Box::pin(async move {
-            filter.before_id = cursor
-                .map(|c| {
-                    c.parse::<i64>().map_err(|_| {
-                        ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"))
-                    })
-                })
-                .transpose()?;
+            filter.before_id = super::export::id_cursor(cursor)?;
             let items = state.incidents.store.incidents(&filter).await?;
             let now = Utc::now();
             let next_cursor = (items.len() == filter.limit)

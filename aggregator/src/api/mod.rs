@@ -492,7 +492,7 @@ fn encode_cursor((ts, id): (i64, i64)) -> String {
 }
 
 fn decode_cursor(c: &str) -> Result<(i64, i64), ApiError> {
-    let bad = || ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"));
+    let bad = || export::bad_cursor(c);
     let (ts, id) = c.split_once('.').ok_or_else(bad)?;
     Ok((
         i64::from_str_radix(ts, 16).map_err(|_| bad())?,
@@ -749,12 +749,8 @@ async fn dead_letters(
     let fetch = move |cursor: Option<String>| -> export::PageFuture<DeadLetter> {
         let (store, node_ids) = (store.clone(), node_ids.clone());
         Box::pin(async move {
-            let before_id = match cursor {
-                None => None,
-                Some(c) => Some(c.parse::<i64>().map_err(|_| export::bad_cursor(&c))?),
-            };
             let q = crate::store::DeadLetterQuery {
-                before_id,
+                before_id: export::id_cursor(cursor)?,
                 node_ids,
                 limit: limit + 1,
             };

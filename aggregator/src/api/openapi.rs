@@ -100,12 +100,6 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// A whole (short) list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Items<T> {
-    pub items: Vec<T>,
-}
-
 /// A file's bytes (images).
 #[derive(Debug, ToSchema)]
 #[schema(value_type = String, format = Binary)]

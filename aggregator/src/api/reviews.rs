@@ -317,13 +317,7 @@ pub async fn list(
     let fetch = move |cursor: Option<String>| -> PageFuture<Review> {
         let (state, mut f) = (state.clone(), f.clone());
         Box::pin(async move {
-            f.before_id = cursor
-                .map(|c| {
-                    c.parse::<i64>().map_err(|_| {
-                        ApiError::BadRequest(format!("cursor {c:?} is not one this API returned"))
-                    })
-                })
-                .transpose()?;
+            f.before_id = super::export::id_cursor(cursor)?;
             let limit = f.limit;
             let items = state.reviews.list(f).await?;
             let next_cursor = (items.len() == limit)
