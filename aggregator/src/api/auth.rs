@@ -141,20 +141,24 @@ pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The caller's token: the `Authorization: Bearer` header, or on a GET/HEAD
-/// the `access_token` query parameter. Never for a change: a URL ends up in
-/// proxy logs, browser history and `Referer` headers, so a token taken from
-/// one must not be able to do more than read.
-fn bearer(parts: &Parts) -> Option<String> {
-    let from_header = parts
-        .headers
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub(crate) fn header_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(|t| t.trim().to_owned());
+        .map(|t| t.trim().to_owned())
+}
+
+/// The caller's token: the `Authorization: Bearer` header, or on a GET/HEAD
+/// the `access_token` query parameter. Never for a change: a URL ends up in
+/// proxy logs, browser history and `Referer` headers, so a token taken from
+/// one must not be able to do more than read.
+fn bearer(parts: &Parts) -> Option<String> {
+    let from_header = header_token(&parts.headers);
     let read_only =
         parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
     from_header.or_else(|| {

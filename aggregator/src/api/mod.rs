@@ -231,12 +231,8 @@ async fn render_metrics(State(state): State<AppState>, headers: axum::http::Head
         return (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response();
     };
     if let Some(want) = &m.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !auth::same_secret(given.trim().as_bytes(), want.as_bytes()) {
+        let given = auth::header_token(&headers).unwrap_or_default();
+        if !auth::same_secret(given.as_bytes(), want.as_bytes()) {
             return ApiError::Unauthorized.into_response();
         }
     }
