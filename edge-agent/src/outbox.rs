@@ -65,6 +65,32 @@ pub enum OutboxError {
     )]
     TooNew { path: PathBuf, found: i64 },
     #[error(
+        "outbox {path} is damaged ({detail}). The agent leaves it exactly as it is, because it \
+         may hold detections the aggregator has not acknowledged, and does not start with it. \
+         To recover, stop the agent, then either salvage it: \
+         `sqlite3 {path} .recover | sqlite3 {path}.recovered` and, when that worked, \
+         `mv {path} {path}.damaged && mv {path}.recovered {path}` (keeps its epoch and the \
+         batches it still holds); or move it aside: `mv {path} {path}.damaged` (with any \
+         {path}-wal and {path}-shm beside it) and the agent starts a new outbox epoch \
+         (batches not yet acknowledged then exist only in the moved file). Then start the agent again"
+    )]
+    Damaged { path: PathBuf, detail: String },
+    #[error(
+        "outbox {path} is not a regular file but a {kind}; the agent does not touch it. \
+         Move it away (`mv {path} {path}.moved`) so the agent can create a new outbox there \
+         (a new epoch), or point data_dir elsewhere"
+    )]
+    NotAFile { path: PathBuf, kind: String },
+    #[error(
+        "outbox {path} cannot be opened for reading and writing ({source}); give the user the \
+         agent runs as read and write access to it and to its directory (data_dir), e.g. \
+         `chown` them to that user"
+    )]
+    Access {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
         "outbox row seq {seq} has a body that does not parse ({reason}); the database is damaged"
     )]
     CorruptRow { seq: u64, reason: String },
@@ -211,6 +237,73 @@ fn compact_body(body: &BatchBody) -> BatchBody {
     }
 }
 
+/// Refuses what SQLite would otherwise report vaguely ("unable to open
+/// database file") or not at all: a path that is not a regular file, or a
+/// file the agent may not both read and write. A missing file is fine (a
+/// new outbox is created).
+fn check_file(path: &Path) -> Result<(), OutboxError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(OutboxError::Access {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "directory"
+        } else if meta.file_type().is_symlink() {
+            "symbolic link"
+        } else {
+            "special file"
+        };
+        return Err(OutboxError::NotAFile {
+            path: path.to_owned(),
+            kind: kind.into(),
+        });
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(drop)
+        .map_err(|source| OutboxError::Access {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// SQLite's page-level check (b-trees, free list, record formats; not the
+/// cross-index checks of `integrity_check`), linear in the file's size and
+/// run once per start. `Ok(Some(what))` when the file is damaged.
+fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let mut stmt = conn.prepare("PRAGMA quick_check(5)")?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok((rows != ["ok"]).then(|| format!("PRAGMA quick_check: {}", rows.join("; "))))
+}
+
+/// A SQLite error at open: damage (a garbage header, a truncated or
+/// zeroed file) is [`OutboxError::Damaged`], with the way to recover;
+/// anything else (disk, permissions) stays [`OutboxError::Db`].
+fn classify(path: &Path, source: rusqlite::Error) -> OutboxError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match source.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => OutboxError::Damaged {
+            path: path.to_owned(),
+            detail: source.to_string(),
+        },
+        _ => OutboxError::Db {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
 fn to_json(body: &BatchBody) -> String {
     String::from_utf8(edgeqi_shared::protocol::encode(body)).unwrap_or_default()
 }
@@ -224,31 +317,60 @@ impl Outbox {
                 source,
             })?;
         }
-        let db = |source| OutboxError::Db {
-            path: path.to_owned(),
-            source,
-        };
+        check_file(path)?;
+        let db = |source| classify(path, source);
         let mut conn = Connection::open(path).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
+        // Before anything writes (the journal mode below rewrites the
+        // header): a damaged file must stay byte for byte as it was.
+        if let Some(detail) = quick_check(&conn).map_err(db)? {
+            return Err(OutboxError::Damaged {
+                path: path.to_owned(),
+                detail,
+            });
+        }
+        let migrate_error = |e| match e {
+            MigrateError::Db(source) => db(source),
+            MigrateError::TooNew(found) => OutboxError::TooNew {
+                path: path.to_owned(),
+                found,
+            },
+            MigrateError::Foreign => OutboxError::Damaged {
+                path: path.to_owned(),
+                detail: "it is a SQLite database with tables but no outbox schema version".into(),
+            },
+        };
+        // Whose file this is, still before any write.
+        let version = Self::schema_version(&conn).map_err(migrate_error)?;
         // WAL lets the e2e tests (and operators) read while we write; FULL
         // makes every commit durable, which the ledger promises.
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
             .map_err(db)?;
         conn.execute_batch("PRAGMA synchronous = FULL;")
             .map_err(db)?;
-        Self::migrate(&mut conn).map_err(|e| match e {
-            MigrateError::Db(source) => db(source),
-            MigrateError::TooNew(found) => OutboxError::TooNew {
-                path: path.to_owned(),
-                found,
-            },
-        })?;
+        Self::migrate(&mut conn, version).map_err(migrate_error)?;
+        // A SQLite file of something else (or one whose meta row is gone)
+        // is no outbox: refused like a damaged one, never re-initialised.
         let epoch: String = conn
             .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
                 r.get(0)
             })
-            .map_err(db)?;
+            .map_err(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => OutboxError::Damaged {
+                    path: path.to_owned(),
+                    detail: "it has no outbox epoch".into(),
+                },
+                rusqlite::Error::SqliteFailure(ref f, _)
+                    if f.code == rusqlite::ErrorCode::Unknown =>
+                {
+                    OutboxError::Damaged {
+                        path: path.to_owned(),
+                        detail: format!("it has no outbox epoch: {e}"),
+                    }
+                }
+                e => db(e),
+            })?;
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -257,11 +379,25 @@ impl Outbox {
         })
     }
 
-    fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    /// The file's schema version, refusing one this build cannot use.
+    fn schema_version(conn: &Connection) -> Result<i64, MigrateError> {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(MigrateError::TooNew(version));
         }
+        if version < 1 {
+            // Schema version 0 is a new, empty file; tables in it mean
+            // someone else's database, which must not get ours added.
+            let tables: i64 =
+                conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+            if tables > 0 {
+                return Err(MigrateError::Foreign);
+            }
+        }
+        Ok(version)
+    }
+
+    fn migrate(conn: &mut Connection, version: i64) -> Result<(), MigrateError> {
         if version < 1 {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
             tx.execute_batch(
@@ -520,6 +656,7 @@ impl Outbox {
 enum MigrateError {
     Db(rusqlite::Error),
     TooNew(i64),
+    Foreign,
 }
 
 impl From<rusqlite::Error> for MigrateError {
@@ -665,6 +802,155 @@ mod tests {
             .counts
             .iter()
             .all(|c| c.minute.timestamp() % 60 == 0));
+    }
+
+    /// An outbox holding `batches` closed batches (no WAL left beside it).
+    fn written(dir: &Path, batches: u64) -> PathBuf {
+        let path = dir.join("outbox.db");
+        let mut o = Outbox::open(&path, 1 << 24).expect("open");
+        for i in 0..batches {
+            o.append(dets(5 + i % 3)).expect("append");
+        }
+        drop(o);
+        assert!(!dir.join("outbox.db-wal").exists(), "checkpointed at close");
+        path
+    }
+
+    /// Opens a damaged `path`: refused as `Damaged`, with the path and
+    /// both ways out in the message, and not a byte of it changed.
+    fn refused_untouched(path: &Path) -> String {
+        let before = std::fs::read(path).expect("read");
+        let err = Outbox::open(path, 1 << 24).expect_err("must refuse a damaged outbox");
+        assert!(matches!(err, OutboxError::Damaged { .. }), "{err:?}");
+        let text = err.to_string();
+        let shown = path.display().to_string();
+        assert!(text.contains(&shown), "{text}");
+        assert!(
+            text.contains(&format!("sqlite3 {shown} .recover")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("mv {shown} {shown}.damaged")),
+            "{text}"
+        );
+        assert!(text.contains("new outbox epoch"), "{text}");
+        assert!(std::fs::read(path).expect("read") == before, "file changed");
+        // Refusing again (systemd restarts the agent) changes nothing either.
+        assert!(Outbox::open(path, 1 << 24).is_err());
+        assert!(std::fs::read(path).expect("read") == before, "file changed");
+        text
+    }
+
+    #[test]
+    fn a_truncated_outbox_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = written(dir.path(), 300);
+        let len = std::fs::metadata(&path).expect("meta").len();
+        assert!(len > 64 * 1024, "{len}");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_len(len / 2).expect("truncate");
+        drop(f);
+        refused_untouched(&path);
+    }
+
+    #[test]
+    fn a_garbage_header_or_a_zeroed_file_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = written(dir.path(), 20);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[..32].copy_from_slice(b"this is not SQLite, it is junk!!");
+        std::fs::write(&path, &bytes).expect("write");
+        let text = refused_untouched(&path);
+        assert!(text.contains("not a database"), "{text}");
+
+        std::fs::write(&path, vec![0u8; 64 * 1024]).expect("zeros");
+        refused_untouched(&path);
+    }
+
+    #[test]
+    fn a_damaged_page_inside_an_openable_file_is_found_before_any_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = written(dir.path(), 300);
+        let mut bytes = std::fs::read(&path).expect("read");
+        // A page in the middle of the batches table; the header, the
+        // schema and `meta` (the first pages) are intact, so the file opens
+        // and reads its epoch fine without the check.
+        let page = 4096;
+        let at = (bytes.len() / page / 2) * page;
+        bytes[at..at + 64].fill(0xA5);
+        std::fs::write(&path, &bytes).expect("write");
+        {
+            // What open reads without the check is intact.
+            let c = Connection::open(&path).expect("open");
+            let epoch: String = c
+                .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                    r.get(0)
+                })
+                .expect("the epoch reads fine");
+            assert_eq!(epoch.len(), 16);
+        }
+        let text = refused_untouched(&path);
+        assert!(text.contains("malformed"), "{text}");
+    }
+
+    #[test]
+    fn another_sqlite_database_is_not_taken_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        let c = Connection::open(&path).expect("open");
+        c.execute_batch(
+            "CREATE TABLE photos (id INTEGER PRIMARY KEY); INSERT INTO photos VALUES (1);",
+        )
+        .expect("create");
+        drop(c);
+        let text = refused_untouched(&path);
+        assert!(text.contains("no outbox schema version"), "{text}");
+    }
+
+    #[test]
+    fn a_directory_in_its_place_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        std::fs::create_dir(&path).expect("mkdir");
+        std::fs::write(path.join("inside"), b"keep").expect("write");
+        let err = Outbox::open(&path, 1 << 20).expect_err("must refuse");
+        assert!(matches!(err, OutboxError::NotAFile { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("directory") && text.contains("mv "), "{text}");
+        assert_eq!(std::fs::read(path.join("inside")).expect("read"), b"keep");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_unreadable_file_is_an_access_error_not_damage() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = written(dir.path(), 3);
+        let before = std::fs::read(&path).expect("read");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        if std::fs::File::open(&path).is_ok() {
+            // root reads any file: nothing to test here (the CI user is not root).
+            eprintln!("skipped: this user can read a mode-000 file");
+            return;
+        }
+        let err = Outbox::open(&path, 1 << 20).expect_err("must refuse");
+        assert!(matches!(err, OutboxError::Access { .. }), "{err:?}");
+        assert!(err.to_string().contains("chown"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+    }
+
+    #[test]
+    fn an_empty_file_or_a_moved_away_one_starts_a_new_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        std::fs::write(&path, b"").expect("empty");
+        let mut o = Outbox::open(&path, 1 << 20).expect("an empty file is a new outbox");
+        assert_eq!(stored(o.append(dets(1)).expect("append")), 1);
     }
 
     #[test]
