@@ -295,12 +295,14 @@ fn issue_token(keys: &AuthKeys, user: &User) -> Result<Session, ApiError> {
         (status = 200, body = Session),
         (status = 400, description = "the body is not {username, password}", body = super::openapi::ErrorBody),
         (status = 401, description = "unknown user or wrong password", body = super::openapi::ErrorBody),
+        (status = 413, description = "the body is over 256 KiB", body = super::openapi::ErrorBody),
+        (status = 415, description = "the body is not application/json", body = super::openapi::ErrorBody),
         (status = 429, description = "too many attempts from this address", body = super::openapi::ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<super::JsonBody<LoginRequest>, ApiError>,
 ) -> Result<Json<Session>, ApiError> {
     if let Err(wait) = state.auth.login_limiter.check(&client) {
         metrics::counter!("edgeqi_auth_logins_total", "result" => "rate_limited").increment(1);
@@ -308,8 +310,12 @@ pub async fn login(
             "too many sign-in attempts from {client}; try again in {wait} s"
         )));
     }
-    let Json(req) = body.map_err(|e| {
-        ApiError::BadRequest(format!("expected {{\"username\",\"password\"}}: {e}"))
+    // 413 and 415 as for every JSON body; only malformed JSON gets the hint.
+    let super::JsonBody(req) = body.map_err(|e| match e {
+        ApiError::BadRequest(e) => {
+            ApiError::BadRequest(format!("expected {{\"username\",\"password\"}}: {e}"))
+        }
+        e => e,
     })?;
     let found = state.accounts.user_with_hash(&req.username).await?;
     // Verify against a dummy hash when the user is unknown, so timing does not reveal which usernames exist.
@@ -327,7 +333,7 @@ pub async fn login(
         }
         _ => {
             metrics::counter!("edgeqi_auth_logins_total", "result" => "denied").increment(1);
-            Err(ApiError::Unauthorized)
+            Err(ApiError::WrongCredentials)
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::store::StoreError;
 pub enum ApiError {
     BadRequest(String),
     Unauthorized,
+    /// A sign-in with an unknown username or a wrong password: 401 that says
+    /// so (not "send a token", which is what [`ApiError::Unauthorized`] says).
+    WrongCredentials,
     Forbidden(String),
     NotFound(String),
     Conflict(String),
@@ -43,6 +46,11 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 C::Unauthorized,
                 "send Authorization: Bearer <token>".to_owned(),
+            ),
+            ApiError::WrongCredentials => (
+                StatusCode::UNAUTHORIZED,
+                C::Unauthorized,
+                "unknown username or wrong password".to_owned(),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, C::Forbidden, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, C::NotFound, m),

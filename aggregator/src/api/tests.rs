@@ -439,6 +439,100 @@ async fn provisioning_issues_mqtt_credentials_and_rotation_replaces_them() {
     assert!(!text.contains(&first) && !text.contains(&second));
 }
 
+/// POSTs `body` as `ctype` to `uri`, no token.
+async fn post_raw(
+    state: &AppState,
+    uri: &str,
+    ctype: &str,
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let req = Request::post(uri)
+        .header("content-type", ctype)
+        .body(Body::from(body))
+        .expect("request");
+    let resp = router(state.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn sign_in_refusals_say_what_is_wrong() {
+    let f = fixture();
+    let s = &f.state;
+    let (status, _) = create_user(
+        s,
+        ADMIN,
+        serde_json::json!({"username": "wanda", "password": "right-pass", "role": "admin"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (user, pass) in [("wanda", "wrong-pass"), ("nobody", "right-pass")] {
+        let (status, body) = login(s, user, pass).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(
+            body["error"]["message"], "unknown username or wrong password",
+            "not a hint to send a token: {body}"
+        );
+    }
+    // A route without a token still says to send one.
+    let (_, body) = send(s, "GET", "/api/v1/auth/me", None, None).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Bearer"),
+        "{body}"
+    );
+    // Over the JSON limit: 413, as documented for every JSON body.
+    let huge = serde_json::json!({"username": "u".repeat(1 << 20), "password": "x"});
+    let (status, body) = post_raw(
+        s,
+        "/api/v1/auth/login",
+        "application/json",
+        huge.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "too_large");
+    // Not JSON at all: 415 that says what to send.
+    let (status, body) = post_raw(
+        s,
+        "/api/v1/auth/login",
+        "application/x-www-form-urlencoded",
+        b"username=wanda&password=right-pass".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("application/json"),
+        "{body}"
+    );
+    // JSON of the wrong shape: 400 with the expected shape.
+    let (status, body) = post_raw(
+        s,
+        "/api/v1/auth/login",
+        "application/json",
+        b"{\"user\": 1}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("username"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn login_roles_and_refresh() {
     let f = fixture();
