@@ -129,6 +129,10 @@ pub struct AggregatorConfig {
     /// `None`: such reports belong to no tenant). Checked against the
     /// account store at start-up by [`AggregatorConfig::check_accounts`].
     pub reports_default_tenant: Option<i64>,
+    /// Pixel and decoded-size caps of report photos (`reports.max_photo_*`).
+    pub photo_limits: crate::incidents::photo::PhotoLimits,
+    /// Report photos decoded (and analysed) at once (`reports.max_concurrent_decodes`).
+    pub photo_decodes: usize,
 }
 
 impl std::fmt::Debug for AggregatorConfig {
@@ -154,6 +158,8 @@ impl std::fmt::Debug for AggregatorConfig {
             )
             .field("alerts", &self.alerts)
             .field("reports_default_tenant", &self.reports_default_tenant)
+            .field("photo_limits", &self.photo_limits)
+            .field("photo_decodes", &self.photo_decodes)
             .finish()
     }
 }
@@ -457,6 +463,29 @@ impl AggregatorConfig {
             },
             None => from_file,
         };
+        let photo_defaults = crate::incidents::photo::PhotoLimits::default();
+        let photo_limits = crate::incidents::photo::PhotoLimits {
+            max_pixels: doc
+                .get_checked::<u64>("reports.max_photo_pixels", |n| {
+                    if (10_000..=1_000_000_000).contains(n) {
+                        Ok(())
+                    } else {
+                        Err("must be 10000..=1000000000".into())
+                    }
+                })
+                .unwrap_or(photo_defaults.max_pixels),
+            max_decoded_bytes: doc
+                .get_checked::<ByteSize>("reports.max_photo_decoded_bytes", |b| {
+                    if (1 << 20..=16u64 << 30).contains(&b.0) {
+                        Ok(())
+                    } else {
+                        Err("must be between 1MiB and 16GiB".into())
+                    }
+                })
+                .map_or(photo_defaults.max_decoded_bytes, |b| b.0),
+        };
+        let photo_decodes = count(&mut doc, "reports.max_concurrent_decodes", 256)
+            .unwrap_or_else(crate::incidents::photo::default_concurrency);
         let log_format =
             prefer(&o.log_format, doc.get::<String>("log_format")).unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
@@ -492,6 +521,8 @@ impl AggregatorConfig {
             ingest_group_max_detections,
             alerts,
             reports_default_tenant,
+            photo_limits,
+            photo_decodes,
         })
     }
 

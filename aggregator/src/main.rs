@@ -147,6 +147,8 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     let mut incidents =
         incidents::Incidents::new(incidents::open(&config.accounts_database_url)?, analyzer);
     incidents.report_tenant = config.reports_default_tenant;
+    incidents.photos =
+        incidents::photo::PhotoDecoder::new(config.photo_limits, config.photo_decodes);
     let incidents = Arc::new(incidents);
     let auth = Arc::new(api::auth::AuthKeys::new(
         &jwt_secret,

@@ -22,6 +22,12 @@ pub enum ApiError {
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     TooManyRequests(String),
+    /// A bounded resource (photo decode slots) stayed busy: 503 with
+    /// `Retry-After`.
+    Busy {
+        message: String,
+        retry_after_s: u64,
+    },
     /// The database cannot be reached right now: 503, retry later.
     Unavailable(String),
     /// Storage failed: the client gets a short message, the log gets the cause.
@@ -40,6 +46,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         use ErrorCode as C;
+        let mut retry_after = None;
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, C::BadRequest, m),
             ApiError::Unauthorized => (
@@ -63,6 +70,13 @@ impl IntoResponse for ApiError {
                 m,
             ),
             ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, C::RateLimited, m),
+            ApiError::Busy {
+                message,
+                retry_after_s,
+            } => {
+                retry_after = Some(retry_after_s);
+                (StatusCode::SERVICE_UNAVAILABLE, C::Unavailable, message)
+            }
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 (
@@ -84,7 +98,12 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail { code, message },
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(s) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 

@@ -23,6 +23,7 @@ use super::auth::{AsOperator, AsViewer, Authed, Principal};
 use super::export::{respond, sorted_pages, Column, Format, ListFormat, PageFuture, PageParams};
 use super::openapi::{Binary, ErrorBody, Page};
 use super::{ApiError, AppState, JsonBody};
+use crate::incidents::photo::PhotoError;
 use crate::incidents::service::severity;
 use crate::incidents::{
     area_scores, AreaScore, Comment, Incident, IncidentChange, IncidentError, IncidentFilter,
@@ -420,14 +421,20 @@ pub struct ReportCreated {
 /// 10 MiB): the photo runs through the detector and opens or joins an
 /// incident of the report's tenant (`tenant_id`, else the configured
 /// default, else none); joining only ever happens within that tenant.
+/// A photo is judged by its header before it is decoded: more than
+/// `reports.max_photo_pixels`, or more than `reports.max_photo_decoded_bytes`
+/// to decode (its own colour type plus RGB8), is a 413; when every decode
+/// slot stays busy for 5 s the answer is 503 with `Retry-After`.
 #[utoipa::path(post, path = "/reports", tag = "incidents", operation_id = "create_report",
     request_body(content = ReportUpload, content_type = "multipart/form-data"),
     responses(
         (status = 201, body = ReportCreated),
-        (status = 413, description = "the body or photo is too large", body = ErrorBody),
+        (status = 413, description = "the body or photo is too large: bytes, or pixels or decoded size by its header", body = ErrorBody),
         (status = 415, description = "not multipart/form-data", body = ErrorBody),
         (status = 422, description = "not a JPEG/PNG, bad coordinates, unknown field, or a tenant_id that names no tenant", body = ErrorBody),
         (status = 429, description = "too many reports from this address", body = ErrorBody),
+        (status = 503, description = "every photo decode slot is busy; retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait"))),
     ))]
 pub async fn create_report(
     State(state): State<AppState>,
@@ -513,35 +520,18 @@ pub async fn create_report(
             svc.max_photo_bytes
         )));
     }
-    // An image is what decodes as one, whatever the client called it.
-    let format = image::guess_format(&photo)
-        .ok()
-        .filter(|f| matches!(f, image::ImageFormat::Jpeg | image::ImageFormat::Png))
-        .ok_or_else(|| ApiError::Unprocessable("photo must be a JPEG or PNG image".into()))?;
-    // Decoders fill a cut-off JPEG with grey; a real photo ends with its EOI
-    // marker (0xFF 0xD9 cannot occur inside entropy-coded data).
-    if format == image::ImageFormat::Jpeg
-        && !photo[photo.len().saturating_sub(4096)..]
-            .windows(2)
-            .any(|w| w == [0xFF, 0xD9])
-    {
-        return Err(ApiError::Unprocessable("photo is a truncated JPEG".into()));
-    }
+    // Header checked, decoded within caps, a bounded number at a time,
+    // off the async runtime (crate::incidents::photo).
     let analyzer = svc.analyzer.clone();
-    let bytes = photo.clone();
-    let analysis = tokio::task::spawn_blocking(move || {
-        let img = image::load_from_memory_with_format(&bytes, format)
-            .map_err(|e| format!("photo does not decode: {e}"))?;
-        let rgb = img.to_rgb8();
-        let objects = match &analyzer {
-            Some(a) => a.analyze(&rgb)?,
-            None => Vec::new(),
-        };
-        Ok::<_, String>((rgb.width(), rgb.height(), objects))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (width, height, objects) = analysis.map_err(ApiError::Unprocessable)?;
+    let (header, objects) = svc
+        .photos
+        .run(photo.clone(), move |rgb| match &analyzer {
+            Some(a) => a.analyze(&rgb),
+            None => Ok(Vec::new()),
+        })
+        .await
+        .map_err(|e| photo_refused(e, svc.photos.wait))?;
+    let (width, height) = (header.width, header.height);
     let (category, best) = svc.categories.classify(&objects);
     let same = objects
         .iter()
@@ -590,12 +580,9 @@ pub async fn create_report(
         detections,
         created_at: Utc::now(),
     };
-    let ctype = if format == image::ImageFormat::Png {
-        "image/png"
-    } else {
-        "image/jpeg"
-    };
-    svc.store.add_report(&report, &photo, ctype).await?;
+    svc.store
+        .add_report(&report, &photo, header.content_type())
+        .await?;
     let now = Utc::now();
     metrics::counter!("edgeqi_reports_total", "category" => category.clone()).increment(1);
     tracing::info!(report = %report.id, incident = incident.id, created, %category, severity = sev.as_str(), %client, "citizen report");
@@ -634,6 +621,23 @@ pub async fn create_report(
             detector: svc.analyzer.as_ref().map(|a| a.name().to_owned()),
         }),
     ))
+}
+
+/// The answer to a refused photo: 413 for one that costs too much to decode
+/// (what a client must change is the photo's size), 422 for one that is not
+/// an image, 503 with `Retry-After` when every decode slot stayed busy.
+fn photo_refused(e: PhotoError, wait: std::time::Duration) -> ApiError {
+    match e {
+        PhotoError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+        PhotoError::Busy => ApiError::Busy {
+            message: e.to_string(),
+            retry_after_s: wait.as_secs().max(1),
+        },
+        e @ (PhotoError::NotAnImage
+        | PhotoError::Truncated
+        | PhotoError::Corrupt(_)
+        | PhotoError::Analysis(_)) => ApiError::Unprocessable(e.to_string()),
+    }
 }
 
 /// Where a citizen's report stands.

@@ -186,3 +186,120 @@ async fn the_configured_default_tenant_takes_reports_that_name_none() {
     assert_eq!(listed(s, &op_a).await, [named]);
     assert_eq!(listed(s, &op_b).await, [incident]);
 }
+
+/// Posts `photo` as a report's photo (`name` is what the client calls it).
+async fn report_photo(state: &AppState, name: &str, photo: &[u8]) -> (StatusCode, Value) {
+    post_report(
+        state,
+        &[
+            ("photo", Some(name), photo),
+            ("lat", None, b"52.5200"),
+            ("lng", None, b"13.4050"),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn photo_bombs_get_413_at_once_and_real_photos_still_go_through() {
+    use crate::incidents::photo::tests::{jpeg_bomb, png_bomb, real_photo};
+    let f = fixture();
+    let s = &f.state;
+    for (name, bomb) in [
+        ("grey1.png", png_bomb(20_000, 20_000, 1, 0)),
+        ("rgba.png", png_bomb(6000, 6000, 8, 6)),
+        ("bomb.jpg", jpeg_bomb(20_000, 20_000)),
+        // Within the pixel cap, over the decoded-bytes cap (16-bit RGBA:
+        // 8 bytes a pixel natively, plus 3 for RGB8).
+        ("deep.png", png_bomb(4500, 4500, 16, 6)),
+    ] {
+        let t = std::time::Instant::now();
+        let (status, body) = report_photo(s, name, &bomb).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "too_large", "{name}: {body}");
+        let msg = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("scale it down"), "{name}: {msg}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{name} took {:?}",
+            t.elapsed()
+        );
+    }
+    let (status, body) = report_photo(s, "bus.jpg", &test_photo()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let png = real_photo(800, 600, image::ImageFormat::Png);
+    let (status, body) = report_photo(s, "photo.png", &png).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = report_photo(s, "x.gif", b"GIF89a not really").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+/// A detector that holds its decode slot until told to let go.
+#[derive(Debug)]
+struct Gate {
+    started: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl crate::incidents::PhotoAnalyzer for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    fn analyze(&self, _: &image::RgbImage) -> Result<Vec<crate::incidents::PhotoObject>, String> {
+        if let Some(tx) = self.started.lock().expect("lock").take() {
+            let _ = tx.send(());
+            let _ = self.release.lock().expect("lock").recv();
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_decode_slot_busy_a_report_gets_503_with_retry_after() {
+    use crate::incidents::photo::{PhotoDecoder, PhotoLimits};
+    let mut f = fixture();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let gate = Gate {
+        started: std::sync::Mutex::new(Some(started_tx)),
+        release: std::sync::Mutex::new(release_rx),
+    };
+    let mut incidents =
+        crate::incidents::Incidents::new(f.state.incidents.store.clone(), Some(Arc::new(gate)));
+    incidents.photos = PhotoDecoder::new(PhotoLimits::default(), 1);
+    incidents.photos.wait = std::time::Duration::from_millis(300);
+    f.state.incidents = Arc::new(incidents);
+    let s = f.state.clone();
+    let photo = test_photo();
+    let first = tokio::spawn({
+        let (s, photo) = (s.clone(), photo.clone());
+        async move { report_photo(&s, "a.jpg", &photo).await }
+    });
+    started_rx.await.expect("the first report holds the slot");
+    // Straight through the router to read the Retry-After header.
+    let (ctype, body) = super::super::tests::multipart(&[
+        ("photo", Some("b.jpg"), &photo),
+        ("lat", None, b"52.5200"),
+        ("lng", None, b"13.4050"),
+    ]);
+    let req = axum::http::Request::post("/api/v1/reports")
+        .header("content-type", ctype)
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(axum::body::Body::from(body))
+        .expect("req");
+    let resp = tower::ServiceExt::oneshot(super::super::router(s.clone()), req)
+        .await
+        .expect("resp");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    release_tx.send(()).expect("release");
+    let (status, body) = first.await.expect("join");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = report_photo(&s, "c.jpg", &photo).await;
+    assert_eq!(status, StatusCode::CREATED, "slot free again: {body}");
+}

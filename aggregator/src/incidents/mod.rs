@@ -517,6 +517,7 @@ mod tests {
     }
 }
 
+pub mod photo;
 pub mod service;
 pub mod yolo;
 pub use service::{Incidents, PhotoAnalyzer, PhotoObject};

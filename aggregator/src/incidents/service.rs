@@ -165,6 +165,8 @@ pub struct Incidents {
     pub analyzer: Option<Arc<dyn PhotoAnalyzer>>,
     pub report_limiter: RateLimiter,
     pub max_photo_bytes: usize,
+    /// Header checks, decode caps and decode slots of report photos.
+    pub photos: super::photo::PhotoDecoder,
     /// Tenant of public reports that name none (`reports.default_tenant_id`;
     /// `None`: they belong to no tenant, and only global users see them).
     pub report_tenant: Option<i64>,
@@ -180,6 +182,10 @@ impl Incidents {
             analyzer,
             report_limiter: RateLimiter::new(20, Duration::from_secs(60)),
             max_photo_bytes: 10 * 1024 * 1024,
+            photos: super::photo::PhotoDecoder::new(
+                super::photo::PhotoLimits::default(),
+                super::photo::default_concurrency(),
+            ),
             report_tenant: None,
         }
     }
