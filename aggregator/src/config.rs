@@ -133,6 +133,8 @@ pub struct AggregatorConfig {
     pub photo_limits: crate::incidents::photo::PhotoLimits,
     /// Report photos decoded (and analysed) at once (`reports.max_concurrent_decodes`).
     pub photo_decodes: usize,
+    /// Timeouts and connection cap of the HTTP listener (`[http]`).
+    pub http: crate::http_server::HttpLimits,
 }
 
 impl std::fmt::Debug for AggregatorConfig {
@@ -160,6 +162,7 @@ impl std::fmt::Debug for AggregatorConfig {
             .field("reports_default_tenant", &self.reports_default_tenant)
             .field("photo_limits", &self.photo_limits)
             .field("photo_decodes", &self.photo_decodes)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -486,6 +489,17 @@ impl AggregatorConfig {
         };
         let photo_decodes = count(&mut doc, "reports.max_concurrent_decodes", 256)
             .unwrap_or_else(crate::incidents::photo::default_concurrency);
+        let http_defaults = crate::http_server::HttpLimits::default();
+        let http = crate::http_server::HttpLimits {
+            header_timeout: span(&mut doc, "http.header_timeout", Duration::from_millis(100))
+                .unwrap_or(http_defaults.header_timeout),
+            body_timeout: span(&mut doc, "http.body_timeout", Duration::from_millis(100))
+                .unwrap_or(http_defaults.body_timeout),
+            idle_timeout: span(&mut doc, "http.idle_timeout", Duration::from_millis(100))
+                .unwrap_or(http_defaults.idle_timeout),
+            max_connections: count(&mut doc, "http.max_connections", 1_000_000)
+                .unwrap_or(http_defaults.max_connections),
+        };
         let log_format =
             prefer(&o.log_format, doc.get::<String>("log_format")).unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
@@ -523,6 +537,7 @@ impl AggregatorConfig {
             reports_default_tenant,
             photo_limits,
             photo_decodes,
+            http,
         })
     }
 
@@ -614,6 +629,65 @@ mod tests {
                 url: "mqtt://broker:1883".into()
             }
         );
+    }
+
+    #[test]
+    fn http_and_photo_limits_from_the_shipped_example_and_a_file() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/aggregator.toml");
+        let c = AggregatorConfig::load(&Overrides {
+            config: Some(example.into()),
+            ..Default::default()
+        })
+        .expect("the shipped example loads");
+        assert_eq!(c.http, crate::http_server::HttpLimits::default());
+        assert_eq!(
+            c.photo_limits,
+            crate::incidents::photo::PhotoLimits::default()
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("http.toml");
+        std::fs::write(
+            &file,
+            "[http]\nheader_timeout = \"2s\"\nbody_timeout = \"30s\"\nidle_timeout = \"500ms\"\nmax_connections = 64\n\
+             [reports]\nmax_photo_pixels = 1000000\nmax_photo_decoded_bytes = \"8MiB\"\nmax_concurrent_decodes = 3\n",
+        )
+        .expect("write");
+        let c = AggregatorConfig::load(&Overrides {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .expect("loads");
+        assert_eq!(
+            c.http,
+            crate::http_server::HttpLimits {
+                header_timeout: Duration::from_secs(2),
+                body_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_millis(500),
+                max_connections: 64,
+            }
+        );
+        assert_eq!(c.photo_limits.max_pixels, 1_000_000);
+        assert_eq!(c.photo_limits.max_decoded_bytes, 8 << 20);
+        assert_eq!(c.photo_decodes, 3);
+        std::fs::write(
+            &file,
+            "[http]\nheader_timeout = \"1ms\"\nmax_connections = 0\n[reports]\nmax_photo_pixels = 5\nmax_concurrent_decodes = 0\n",
+        )
+        .expect("write");
+        let err = AggregatorConfig::load(&Overrides {
+            config: Some(file),
+            ..Default::default()
+        })
+        .expect_err("out of range");
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "http.header_timeout",
+            "http.max_connections",
+            "reports.max_photo_pixels",
+            "reports.max_concurrent_decodes",
+        ] {
+            assert!(keys.contains(&key), "{key} in {keys:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod events;
+pub mod http_server;
 pub mod incidents;
 pub mod ingest;
 pub mod live;

@@ -308,13 +308,13 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let watchdog = tokio::spawn(systemd_watchdog());
 
-    let mut stop = shutdown_rx.clone();
-    // Socket addresses reach handlers (rate limits, audit) through ConnectInfo.
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(http, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
-    let server_task = tokio::spawn(async move { server.await });
+    // Timeouts, connection cap, ConnectInfo for rate limits and audit.
+    let server_task = tokio::spawn(edgeqi_aggregator::http_server::serve(
+        http,
+        app,
+        config.http,
+        shutdown_rx.clone(),
+    ));
 
     wait_for_signal().await;
     tracing::info!("shutting down");

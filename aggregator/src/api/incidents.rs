@@ -448,6 +448,7 @@ pub async fn create_report(
             "too many reports from {client}; try again in {wait} s"
         )));
     }
+    super::refuse_declared_length(&headers, super::MAX_REPORT_BODY)?;
     let mut multipart = multipart.map_err(|_| {
         ApiError::UnsupportedMediaType(
             "send multipart/form-data with fields photo, lat, lng, notes, tenant_id".into(),

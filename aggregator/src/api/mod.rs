@@ -86,6 +86,26 @@ pub const MAX_REPORT_BODY: usize = 11 * 1024 * 1024;
 /// Largest JSON request body accepted by the API.
 pub const MAX_JSON_BODY: usize = 256 * 1024;
 
+/// 413 at once for a body whose `Content-Length` is over `max`, before a
+/// byte of it is read (hyper then closes the connection instead of
+/// draining it). Every extractor of a body calls this first; bodies without
+/// a length (chunked) are still cut at `max` as they are read.
+pub(crate) fn refuse_declared_length(
+    headers: &axum::http::HeaderMap,
+    max: usize,
+) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max as u64 => Err(ApiError::PayloadTooLarge(format!(
+            "the body is {n} bytes; at most {max} are accepted here"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// `Json<T>` whose rejections are API errors: 415 for a wrong content type,
 /// 400 for bad JSON, 413 for a body over [`MAX_JSON_BODY`].
 #[derive(Debug)]
@@ -96,6 +116,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         use axum::extract::rejection::JsonRejection;
+        refuse_declared_length(req.headers(), MAX_JSON_BODY)?;
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(JsonBody(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(

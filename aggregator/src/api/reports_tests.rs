@@ -303,3 +303,47 @@ async fn with_every_decode_slot_busy_a_report_gets_503_with_retry_after() {
     let (status, body) = report_photo(&s, "c.jpg", &photo).await;
     assert_eq!(status, StatusCode::CREATED, "slot free again: {body}");
 }
+
+#[tokio::test]
+async fn an_oversized_content_length_gets_413_before_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::http_server::serve(
+        listener,
+        super::super::router(f.state.clone()),
+        crate::http_server::HttpLimits::default(),
+        rx,
+    ));
+    for (path, ctype) in [
+        ("/api/v1/reports", "multipart/form-data; boundary=x"),
+        ("/api/v1/auth/login", "application/json"),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // The head only: not one byte of the 100 MB announced.
+        c.write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {ctype}\r\nContent-Length: 100000000\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let t = std::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(2), c.read(&mut buf))
+                .await
+                .expect("answered without the body")
+                .expect("read");
+            assert!(n > 0, "{path}: closed without an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 413"), "{path}: {text}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{path}");
+    }
+}
