@@ -94,6 +94,53 @@ struct Agent {
     /// stops listing it).
     remote: RemoteConfigState,
     local_cameras: Vec<CameraConfig>,
+    config_hold: ConfigHold,
+}
+
+/// First and longest wait before subscribing to the config topic again
+/// after it delivered a message above `mqtt.max_packet_size`.
+const CONFIG_HOLD_MIN: Duration = Duration::from_secs(60);
+const CONFIG_HOLD_MAX: Duration = Duration::from_secs(3600);
+
+/// The config subscription held back after an oversized message (see
+/// [`UplinkEvent::Oversized`]): without it the broker would hand the same
+/// retained message over after every reconnect and the uplink would never
+/// stay up. Retried with doubling waits, so a fixed config gets through.
+#[derive(Debug)]
+struct ConfigHold {
+    until: Option<Instant>,
+    next: Duration,
+}
+
+impl ConfigHold {
+    fn new() -> Self {
+        Self {
+            until: None,
+            next: CONFIG_HOLD_MIN,
+        }
+    }
+
+    fn hold(&mut self, now: Instant) -> Duration {
+        let wait = self.next;
+        self.until = Some(now + wait);
+        self.next = (self.next * 2).min(CONFIG_HOLD_MAX);
+        wait
+    }
+
+    fn holding(&self) -> bool {
+        self.until.is_some()
+    }
+
+    /// True once when the wait is over (the caller subscribes again).
+    fn expired(&mut self, now: Instant) -> bool {
+        match self.until {
+            Some(t) if now >= t => {
+                self.until = None;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Agent {
@@ -120,7 +167,7 @@ impl Agent {
         let now = Instant::now();
         match event {
             UplinkEvent::Connected => {
-                self.uplink.announce();
+                self.uplink.announce(!self.config_hold.holding());
                 let backlog = self.outbox.backlog().unwrap_or(0);
                 if backlog > 0 {
                     tracing::info!(backlog, "sending unacknowledged batches");
@@ -131,11 +178,20 @@ impl Agent {
                 );
             }
             UplinkEvent::Disconnected => self.delivery.on_disconnected(),
+            UplinkEvent::Oversized { bytes, limit } => {
+                self.remote.refuse_oversized(bytes, limit);
+                let wait = self.config_hold.hold(now);
+                tracing::warn!(retry_in = ?wait, "holding the remote config subscription back");
+            }
             UplinkEvent::Message { topic, payload } if topic == self.uplink.topics().config => {
-                return matches!(
-                    self.remote.receive(&payload),
-                    Received::Applied { .. } | Received::Rejected(_)
-                );
+                let received = self.remote.receive(&payload);
+                if matches!(
+                    received,
+                    Received::Applied { .. } | Received::Unchanged { .. }
+                ) {
+                    self.config_hold = ConfigHold::new();
+                }
+                return matches!(received, Received::Applied { .. } | Received::Rejected(_));
             }
             UplinkEvent::Message { topic, payload } => {
                 if topic != self.uplink.topics().ack {
@@ -290,6 +346,7 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
         batcher,
         remote,
         local_cameras,
+        config_hold: ConfigHold::new(),
     };
     systemd::ready();
 
@@ -339,8 +396,13 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
                 None => anyhow::bail!("the MQTT event loop stopped unexpectedly"),
             },
             _ = delivery_tick.tick() => {
-                let r = agent.delivery.on_tick(&agent.outbox, &mut agent.uplink, Instant::now());
+                let now = Instant::now();
+                let r = agent.delivery.on_tick(&agent.outbox, &mut agent.uplink, now);
                 report(r);
+                if agent.delivery.is_connected() && agent.config_hold.expired(now) {
+                    tracing::info!("subscribing to the remote config again");
+                    agent.uplink.subscribe_config();
+                }
             }
             _ = heartbeat.tick() => agent.heartbeat(&mut probe, &pipelines, &detector_name),
             _ = watchdog.tick(), if watchdog_every.is_some() => systemd::watchdog_ping(),
@@ -480,6 +542,7 @@ pub async fn deliver_recording(
             config.mqtt.max_packet_size as usize,
         ),
         local_cameras: config.cameras.clone(),
+        config_hold: ConfigHold::new(),
     };
     let mut sent = Delivered {
         broker: config.mqtt.url.to_string(),

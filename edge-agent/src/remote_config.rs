@@ -114,6 +114,25 @@ impl RemoteConfigState {
         self.rejection.as_ref()
     }
 
+    /// A message on the config topic that the MQTT client refused unread
+    /// for being above `limit` (`mqtt.max_packet_size`): refused like any
+    /// other bad config, version unknown; the running config stays.
+    pub fn refuse_oversized(&mut self, bytes: usize, limit: usize) -> ConfigRejection {
+        let reason = RejectReason::TooLarge { size: bytes, limit };
+        let r = ConfigRejection {
+            version: None,
+            code: reason.code().to_owned(),
+            reason: format!(
+                "{reason} (mqtt.max_packet_size); the MQTT connection dropped it unread, \
+                 and the agent retries the config subscription later"
+            ),
+        };
+        tracing::error!(running = ?self.version(), code = %r.code, reason = %r.reason,
+            "refused a remote config; keeping the one in use");
+        self.rejection = Some(r.clone());
+        r
+    }
+
     /// Checks a payload from `…/config` and, when it is a new valid
     /// version, saves it and makes it the applied one.
     pub fn receive(&mut self, payload: &[u8]) -> Received {
@@ -362,6 +381,151 @@ zones = [{ id = "file-zone", polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]] }]
         );
         assert_eq!(s.rejection(), None);
         assert_eq!(s.settings(&cams)[0].1.lines[0].id, "file-line");
+    }
+
+    /// Refuses `payload` with `code`, keeps running version 3, and keeps
+    /// the reason short enough for a heartbeat.
+    fn refused(s: &mut RemoteConfigState, payload: &[u8], code: &str) -> ConfigRejection {
+        let Received::Rejected(r) = s.receive(payload) else {
+            panic!("must refuse ({code})")
+        };
+        assert_eq!(r.code, code, "{}", r.reason);
+        assert!(r.reason.len() < 4096, "{} bytes of reason", r.reason.len());
+        assert_eq!(s.version(), Some(3), "keeps running version 3");
+        assert_eq!(s.rejection(), Some(&r));
+        r
+    }
+
+    #[test]
+    fn hostile_documents_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = RemoteConfigState::load(dir.path(), "n1", LIMIT);
+        assert_eq!(
+            s.receive(&payload(3, GATE_REMOTE)),
+            Received::Applied { version: 3 }
+        );
+
+        // 50 MB: refused on its length before any parsing.
+        let mut huge = payload(4, "[]");
+        huge.resize(50 << 20, b' ');
+        let r = refused(&mut s, &huge, "too_large");
+        assert!(r.reason.contains(&LIMIT.to_string()), "{}", r.reason);
+
+        // Nested 100,000 levels deep (within the size limit): serde_json's
+        // recursion limit refuses it; the stack is fine (this thread's is
+        // the test harness's 2 MiB).
+        for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+            let deep = format!(
+                r#"{{"v":1,"node_id":"n1","version":4,"config":{{"cameras":[{{"id":"gate","zones":{}{}}}]}}}}"#,
+                open.repeat(100_000),
+                close.repeat(100_000)
+            );
+            assert!(deep.len() < LIMIT);
+            let r = refused(&mut s, deep.as_bytes(), "invalid_json");
+            assert!(r.reason.contains("recursion limit"), "{}", r.reason);
+        }
+
+        // Another protocol version, higher or lower.
+        for v in ["2", "0", "\"1\"", "null"] {
+            let doc = String::from_utf8(payload(4, "[]")).expect("utf8").replacen(
+                "\"v\":1",
+                &format!("\"v\":{v}"),
+                1,
+            );
+            let r = refused(&mut s, doc.as_bytes(), "unsupported_version");
+            assert_eq!(r.version, Some(4), "the refused version is still named");
+        }
+
+        // Thousands of cameras, zones, corners, lines: over the shared
+        // bounds, one short reason.
+        let zone = r#"{"id":"z","polygon":[[0,0],[1,0],[1,1]]}"#;
+        let cams = format!(
+            "[{}]",
+            (0..2000)
+                .map(|i| format!(r#"{{"id":"c{i}","zones":[{zone}]}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let r = refused(&mut s, &payload(4, &cams), "invalid_field");
+        assert!(
+            r.reason.contains("2000 cameras; a node has at most 64"),
+            "{}",
+            r.reason
+        );
+        let zones = format!(
+            r#"[{{"id":"gate","zones":[{}]}}]"#,
+            (0..3000)
+                .map(|i| format!(r#"{{"id":"z{i}","polygon":[[0,0],[1,0],[1,1]]}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let r = refused(&mut s, &payload(4, &zones), "invalid_field");
+        assert!(r.reason.contains("3000 zones"), "{}", r.reason);
+        let corners = format!(
+            r#"[{{"id":"gate","zones":[{{"id":"z","polygon":[{}]}}]}}]"#,
+            vec!["[0.5,0.5]"; 20_000].join(",")
+        );
+        let r = refused(&mut s, &payload(4, &corners), "invalid_field");
+        assert!(r.reason.contains("got 20000 points"), "{}", r.reason);
+        let lines = format!(
+            r#"[{{"id":"gate","lines":[{}]}}]"#,
+            (0..1000)
+                .map(|i| format!(r#"{{"id":"l{i}","from":[0,0],"to":[1,1]}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let r = refused(&mut s, &payload(4, &lines), "invalid_field");
+        assert!(r.reason.contains("1000 lines"), "{}", r.reason);
+        // 64 cameras each wrong in many ways: every problem found, the
+        // reason names the first few and counts the rest.
+        let bad = format!(
+            "[{}]",
+            (0..64)
+                .map(|i| format!(r#"{{"id":"c{i}","heading":-1,"detect_fps":0,"zones":[{{"id":"bad id","polygon":[[2,2],[3,3],[4,4]]}}]}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let r = refused(&mut s, &payload(4, &bad), "invalid_field");
+        assert!(r.reason.contains("more problems"), "{}", r.reason);
+
+        // The running config is untouched on disk too.
+        assert_eq!(
+            RemoteConfigState::load(dir.path(), "n1", LIMIT).version(),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn a_lower_version_applies_as_the_protocol_says() {
+        // §5.5: a lower version means the registry was restored; the node
+        // follows it (it is not a hostile input, and refusing it would
+        // leave the node out of sync for good).
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = RemoteConfigState::load(dir.path(), "n1", LIMIT);
+        assert_eq!(
+            s.receive(&payload(7, GATE_REMOTE)),
+            Received::Applied { version: 7 }
+        );
+        assert_eq!(
+            s.receive(&payload(2, "[]")),
+            Received::Applied { version: 2 }
+        );
+        assert_eq!(s.version(), Some(2));
+    }
+
+    #[test]
+    fn an_oversized_message_is_a_refusal_with_a_reason() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = RemoteConfigState::load(dir.path(), "n1", LIMIT);
+        s.receive(&payload(3, GATE_REMOTE));
+        let r = s.refuse_oversized(50 << 20, LIMIT);
+        assert_eq!((r.code.as_str(), r.version), ("too_large", None));
+        assert!(r.reason.contains("mqtt.max_packet_size"), "{}", r.reason);
+        assert_eq!(s.version(), Some(3));
+        assert_eq!(s.rejection(), Some(&r));
+        // A good version later clears it.
+        s.receive(&payload(4, "[]"));
+        assert_eq!(s.rejection(), None);
     }
 
     #[test]

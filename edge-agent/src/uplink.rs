@@ -33,6 +33,13 @@ pub enum UplinkEvent {
     Disconnected,
     /// A publish on a topic we subscribed to.
     Message { topic: String, payload: Vec<u8> },
+    /// The broker sent a packet above `mqtt.max_packet_size`; rumqttc drops
+    /// the connection for it without reading it. The only big message the
+    /// agent can be sent is the retained remote config, so the next
+    /// connection starts a clean session (the broker forgets its queued
+    /// copy) and the agent holds the config subscription back for a while.
+    /// Sent before the [`UplinkEvent::Disconnected`] of that connection.
+    Oversized { bytes: usize, limit: usize },
 }
 
 /// Why the uplink could not be set up.
@@ -251,8 +258,9 @@ impl Uplink {
     }
 
     /// After each ConnAck: listen for acks and, in the daemon, for the
-    /// remote config, and say we are online.
-    pub fn announce(&self) {
+    /// remote config (unless `with_config` is false: see
+    /// [`UplinkEvent::Oversized`]), and say we are online.
+    pub fn announce(&self, with_config: bool) {
         if let Err(e) = self
             .client
             .try_subscribe(self.topics.ack.clone(), QoS::AtLeastOnce)
@@ -260,21 +268,28 @@ impl Uplink {
             tracing::warn!(error = %e, "could not queue the ack subscription");
         }
         if self.session == Session::Daemon {
-            // Unsubscribe first so the broker sends the retained config on
-            // every connect: rumqttd does not re-send retained messages for a
-            // subscription it restored from a persistent session (MQTT 3.1.1
-            // §3.8.4 says it should), and the saved copy may be gone.
-            if let Err(e) = self
-                .client
-                .try_unsubscribe(self.topics.config.clone())
-                .and_then(|()| {
-                    self.client
-                        .try_subscribe(self.topics.config.clone(), QoS::AtLeastOnce)
-                })
-            {
-                tracing::warn!(error = %e, "could not queue the config subscription");
+            if with_config {
+                self.subscribe_config();
             }
             self.publish_status(true);
+        }
+    }
+
+    /// (Re)subscribes to the remote config. Unsubscribing first makes the
+    /// broker send the retained config on every connect: rumqttd does not
+    /// re-send retained messages for a subscription it restored from a
+    /// persistent session (MQTT 3.1.1 §3.8.4 says it should), and the saved
+    /// copy may be gone.
+    pub fn subscribe_config(&self) {
+        if let Err(e) = self
+            .client
+            .try_unsubscribe(self.topics.config.clone())
+            .and_then(|()| {
+                self.client
+                    .try_subscribe(self.topics.config.clone(), QoS::AtLeastOnce)
+            })
+        {
+            tracing::warn!(error = %e, "could not queue the config subscription");
         }
     }
 
@@ -355,6 +370,17 @@ impl BatchSink for Uplink {
     }
 }
 
+/// The size of an incoming packet rumqttc refused for being above the
+/// maximum packet size, if that is what `e` is.
+fn oversized(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
+}
+
 /// Polls the event loop until the client disconnects or goes away.
 async fn drive(
     mut eventloop: EventLoop,
@@ -365,10 +391,14 @@ async fn drive(
 ) {
     let mut backoff = reconnect_min;
     let mut connected = false;
+    let clean_session = eventloop.mqtt_options.clean_session();
+    let limit = eventloop.mqtt_options.max_packet_size();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(broker = %url, session_present = ack.session_present, "connected to the MQTT broker");
+                // Back to the configured session kind for later reconnects.
+                eventloop.mqtt_options.set_clean_session(clean_session);
                 // The outbox resends from the lowest unacked seq; replaying
                 // rumqttc's copy as well would only send everything twice.
                 eventloop.pending.clear();
@@ -394,6 +424,22 @@ async fn drive(
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
+                if let Some(bytes) = oversized(&e) {
+                    tracing::error!(broker = %url, bytes, limit,
+                        "the broker sent a message larger than mqtt.max_packet_size (most likely \
+                         the retained remote config); reconnecting with a clean session and \
+                         without the config subscription for a while");
+                    // A persistent session would hand the same message over
+                    // again right after the next ConnAck.
+                    eventloop.mqtt_options.set_clean_session(true);
+                    if events
+                        .send(UplinkEvent::Oversized { bytes, limit })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 if connected {
                     connected = false;
                     tracing::warn!(broker = %url, error = %e, "lost the MQTT connection");

@@ -97,13 +97,27 @@ fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
     }
 }
 
-/// Joins problems into one line for logs and API errors.
+/// Most problems [`describe`] spells out; the rest are counted. A hostile
+/// document can hold thousands, and the line travels in API errors and in
+/// every heartbeat's `config_error`.
+pub const MAX_DESCRIBED_PROBLEMS: usize = 10;
+
+/// Joins problems into one line for logs and API errors: the first
+/// [`MAX_DESCRIBED_PROBLEMS`], then how many more there are.
 pub fn describe(problems: &[Problem]) -> String {
-    problems
+    let mut line = problems
         .iter()
+        .take(MAX_DESCRIBED_PROBLEMS)
         .map(Problem::to_string)
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if problems.len() > MAX_DESCRIBED_PROBLEMS {
+        line.push_str(&format!(
+            "; and {} more problems",
+            problems.len() - MAX_DESCRIBED_PROBLEMS
+        ));
+    }
+    line
 }
 
 /// Whether both coordinates are finite and inside the frame.
@@ -177,7 +191,8 @@ pub fn check_line(at: &str, l: &LineSpec) -> Vec<Problem> {
     out
 }
 
-/// Problems of a camera's zone list: each zone, their number, unique ids.
+/// Problems of a camera's zone list: their number, then (within the
+/// bound: the id check is quadratic) each zone and unique ids.
 pub fn check_zones(prefix: &str, zones: &[ZoneSpec]) -> Vec<Problem> {
     let mut out = Vec::new();
     if zones.len() > MAX_ZONES_PER_CAMERA {
@@ -188,6 +203,7 @@ pub fn check_zones(prefix: &str, zones: &[ZoneSpec]) -> Vec<Problem> {
                 zones.len()
             ),
         ));
+        return out;
     }
     for (i, z) in zones.iter().enumerate() {
         let at = format!("{prefix}zones[{i}]");
@@ -202,7 +218,8 @@ pub fn check_zones(prefix: &str, zones: &[ZoneSpec]) -> Vec<Problem> {
     out
 }
 
-/// Problems of a camera's line list: each line, their number, unique ids.
+/// Problems of a camera's line list: their number, then (within the
+/// bound) each line and unique ids.
 pub fn check_lines(prefix: &str, lines: &[LineSpec]) -> Vec<Problem> {
     let mut out = Vec::new();
     if lines.len() > MAX_LINES_PER_CAMERA {
@@ -213,6 +230,7 @@ pub fn check_lines(prefix: &str, lines: &[LineSpec]) -> Vec<Problem> {
                 lines.len()
             ),
         ));
+        return out;
     }
     for (i, l) in lines.iter().enumerate() {
         let at = format!("{prefix}lines[{i}]");
@@ -283,7 +301,8 @@ impl CameraSpec {
     }
 }
 
-/// Problems of a whole camera list: each camera, their number, unique ids.
+/// Problems of a whole camera list: their number, then (within the bound)
+/// each camera and unique ids.
 pub fn check_cameras(prefix: &str, cameras: &[CameraSpec]) -> Vec<Problem> {
     let mut out = Vec::new();
     if cameras.len() > MAX_CAMERAS_PER_NODE {
@@ -294,6 +313,7 @@ pub fn check_cameras(prefix: &str, cameras: &[CameraSpec]) -> Vec<Problem> {
                 cameras.len()
             ),
         ));
+        return out;
     }
     for (i, c) in cameras.iter().enumerate() {
         let at = format!("{prefix}cameras[{i}].");
@@ -422,10 +442,54 @@ mod tests {
             .collect();
         c.lines[0].from = [f64::NAN, 0.0];
         assert_eq!(fields(&c), ["zones", "lines[0]"]);
+        c.lines = (0..=MAX_LINES_PER_CAMERA)
+            .map(|i| LineSpec {
+                id: format!("l{i}"),
+                from: [0.0, 0.0],
+                to: [1.0, 1.0],
+            })
+            .collect();
+        assert_eq!(fields(&c), ["zones", "lines"]);
+        let mut z = camera();
+        z.zones[0].polygon = vec![[0.5, 0.5]; MAX_POLYGON_POINTS + 1];
+        assert_eq!(fields(&z), ["zones[0].polygon"]);
         let cams = vec![camera(), camera()];
         let p = check_cameras("", &cams);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].field, "cameras[1].id");
+    }
+
+    #[test]
+    fn a_hostile_list_is_one_problem_and_a_bounded_line() {
+        // Thousands of bad cameras: one problem (the count), not thousands,
+        // and no quadratic id check.
+        let mut bad = camera();
+        bad.id = "no spaces".into();
+        bad.zones = vec![
+            ZoneSpec {
+                id: "z".into(),
+                polygon: vec![[2.0, 2.0]; 3],
+            };
+            5000
+        ];
+        let many = vec![bad.clone(); 5000];
+        let p = check_cameras("config.", &many);
+        assert_eq!(p.len(), 1, "{}", describe(&p));
+        assert!(p[0].message.contains("5000 cameras"), "{}", p[0]);
+        // Within the camera bound, every camera's problems are found, but
+        // the line that travels stays short.
+        let some = vec![bad; MAX_CAMERAS_PER_NODE];
+        let p = check_cameras("config.", &some);
+        assert!(p.len() > MAX_DESCRIBED_PROBLEMS, "{}", p.len());
+        let line = describe(&p);
+        assert!(line.len() < 2000, "{} bytes", line.len());
+        assert!(
+            line.ends_with(&format!(
+                "and {} more problems",
+                p.len() - MAX_DESCRIBED_PROBLEMS
+            )),
+            "{line}"
+        );
     }
 
     #[test]
