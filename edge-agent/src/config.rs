@@ -17,7 +17,7 @@ use edgeqi_shared::topic::is_valid_node_id;
 
 use crate::motion_gate::MotionGateConfig;
 use crate::snapshot::SnapshotConfig;
-use crate::source::{redact_uri, RtspTransport, SourceSpec};
+use crate::source::{redact_uri, FrameLimits, RtspTransport, SourceSpec};
 use crate::tracker::TrackerConfig;
 use crate::zones::{Line, Point, Zone};
 
@@ -73,6 +73,10 @@ pub const fn default_motion_analysis_width() -> u32 {
 pub const fn default_camera_fps() -> f64 {
     10.0
 }
+/// `max_frame_width` / `max_frame_height` of a camera, in pixels.
+const MAX_FRAME_SIDE_RANGE: std::ops::RangeInclusive<i64> = 16..=65_535;
+/// `max_frame_pixels` of a camera: 16x16 up to 16384x16384.
+const MAX_FRAME_PIXELS_RANGE: std::ops::RangeInclusive<i64> = 256..=268_435_456;
 /// No frame for this long marks a camera stalled and reconnects it.
 pub const fn default_stall_timeout() -> Duration {
     Duration::from_secs(10)
@@ -264,6 +268,8 @@ pub struct CameraConfig {
     /// detector can keep up with.
     pub detect_fps: Option<f64>,
     pub stall_timeout: Duration,
+    /// The largest frame accepted from this camera.
+    pub frame_limits: FrameLimits,
     pub zones: Vec<Zone>,
     pub lines: Vec<Line>,
     /// Areas the motion gate ignores.
@@ -624,6 +630,18 @@ impl AgentConfig {
                     t.insert("detect_fps".into(), Value::Float(d));
                 }
                 t.insert("stall_timeout".into(), dur(c.stall_timeout));
+                t.insert(
+                    "max_frame_width".into(),
+                    Value::Integer(c.frame_limits.max_width.into()),
+                );
+                t.insert(
+                    "max_frame_height".into(),
+                    Value::Integer(c.frame_limits.max_height.into()),
+                );
+                t.insert(
+                    "max_frame_pixels".into(),
+                    Value::Integer(c.frame_limits.max_pixels as i64),
+                );
                 if let SourceSpec::Rtsp {
                     username,
                     password,
@@ -943,6 +961,7 @@ fn read_snapshots(doc: &mut ConfigDoc) -> SnapshotConfig {
 struct CameraExtras {
     detect_fps: Option<f64>,
     stall_timeout: Option<Duration>,
+    frame_limits: FrameLimits,
     username: Option<String>,
     password: Option<Secret>,
     transport: Option<RtspTransport>,
@@ -1004,6 +1023,32 @@ fn read_camera_extras(
             ),
         }
     }
+    let mut limit = |name: &str, range: std::ops::RangeInclusive<i64>, unit: &str| {
+        let v = table.get(name)?;
+        match v.as_integer().filter(|n| range.contains(n)) {
+            Some(n) => Some(n),
+            None => {
+                doc.problem(
+                    &key(name),
+                    format!(
+                        "must be a whole number of {unit} in {}..={}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let d = FrameLimits::default();
+    x.frame_limits = FrameLimits {
+        max_width: limit("max_frame_width", MAX_FRAME_SIDE_RANGE, "pixels")
+            .map_or(d.max_width, |n| n as u32),
+        max_height: limit("max_frame_height", MAX_FRAME_SIDE_RANGE, "pixels")
+            .map_or(d.max_height, |n| n as u32),
+        max_pixels: limit("max_frame_pixels", MAX_FRAME_PIXELS_RANGE, "pixels")
+            .map_or(d.max_pixels, |n| n as u64),
+    };
     if let Some(v) = table.get("username") {
         match v.as_str() {
             Some(u) => x.username = Some(u.to_owned()),
@@ -1103,6 +1148,9 @@ const CAMERA_KEYS: &[&str] = &[
     "fps",
     "detect_fps",
     "stall_timeout",
+    "max_frame_width",
+    "max_frame_height",
+    "max_frame_pixels",
     "username",
     "password",
     "transport",
@@ -1251,6 +1299,7 @@ fn read_cameras(doc: &mut ConfigDoc, o: &Overrides) -> Vec<CameraConfig> {
             fps,
             detect_fps: extras.detect_fps,
             stall_timeout: extras.stall_timeout.unwrap_or(default_stall_timeout()),
+            frame_limits: extras.frame_limits,
             zones: extras.zones,
             lines: extras.lines,
             masks: extras.masks,
@@ -1429,6 +1478,9 @@ password = "hunter2"
 transport = "udp"
 detect_fps = 5
 stall_timeout = "4s"
+max_frame_width = 3840
+max_frame_height = 2160
+max_frame_pixels = 8294400
 zones = [{ id = "crossing", polygon = [[0.1, 0.5], [0.9, 0.5], [0.9, 0.9], [0.1, 0.9]] }]
 lines = [{ id = "stop-line", from = [0.0, 0.6], to = [1.0, 0.6] }]
 masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]]
@@ -1439,6 +1491,14 @@ masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]]
         let cam = &c.cameras[0];
         assert_eq!(cam.detect_fps, Some(5.0));
         assert_eq!(cam.stall_timeout, Duration::from_secs(4));
+        assert_eq!(
+            cam.frame_limits,
+            FrameLimits {
+                max_width: 3840,
+                max_height: 2160,
+                max_pixels: 8_294_400
+            }
+        );
         assert_eq!(cam.zones[0].id, "crossing");
         assert_eq!(cam.lines[0].to, [1.0, 0.6]);
         assert_eq!(cam.masks.len(), 1);
@@ -1472,6 +1532,9 @@ masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]]
 uri = "synthetic://"
 username = "x"
 detect_fps = 0
+max_frame_width = 8
+max_frame_height = "big"
+max_frame_pixels = 1e12
 zones = [{ id = "z", polygon = [[0.1, 0.1], [2.0, 0.1]] }]
 lines = [{ id = "l", from = [0.5, 0.5], to = [0.5, 0.5] }]
 "#,
@@ -1484,6 +1547,9 @@ lines = [{ id = "l", from = [0.5, 0.5], to = [0.5, 0.5] }]
             "cameras[0].zones[0].polygon",
             "cameras[0].lines[0]",
             "cameras[0].username",
+            "cameras[0].max_frame_width",
+            "cameras[0].max_frame_height",
+            "cameras[0].max_frame_pixels",
         ] {
             assert!(k.contains(&want), "missing {want} in {k:?}");
         }

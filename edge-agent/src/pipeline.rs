@@ -520,6 +520,7 @@ impl Capture {
             stall_timeout: self.camera.stall_timeout,
             offline: false,
             stop: Some(self.stop.clone()),
+            limits: self.camera.frame_limits,
         };
         let mut retry = RETRY_MIN;
         let mut ever_streamed = false;
@@ -569,6 +570,30 @@ impl Capture {
         self.mailbox.close();
     }
 
+    /// What every source must hold to: the camera's frame limits, and
+    /// exactly width x height RGB pixels (the detector indexes by them).
+    fn checked(&self, frame: Option<Frame>) -> Result<Option<Frame>, SourceError> {
+        let Some(f) = frame else { return Ok(None) };
+        let bad = |reason: String| SourceError::Decode {
+            what: self.camera.source.display(),
+            reason,
+        };
+        self.camera
+            .frame_limits
+            .check(f.width, f.height)
+            .map_err(bad)?;
+        let want = f.width as usize * f.height as usize * 3;
+        if f.rgb.len() != want {
+            return Err(bad(format!(
+                "{} bytes of pixels for a {}x{} RGB frame (needs {want})",
+                f.rgb.len(),
+                f.width,
+                f.height
+            )));
+        }
+        Ok(Some(f))
+    }
+
     fn stream(
         &self,
         src: &mut dyn source::FrameSource,
@@ -597,14 +622,23 @@ impl Capture {
                 }
                 next_due = (next_due + interval).max(Instant::now());
             }
-            let frame = match src.next_frame() {
+            let frame = match src.next_frame().and_then(|f| self.checked(f)) {
                 Ok(Some(f)) => f,
                 Ok(None) if self.stopping() => return Exit::Stop,
                 Ok(None) => return Exit::Ended,
                 Err(SourceError::Decode { what, reason }) => {
                     let mut h = lock(&self.health);
                     h.decode_errors += 1;
+                    let n = h.decode_errors;
                     h.last_error = Some(format!("{what}: bad frame: {reason}"));
+                    drop(h);
+                    // Every bad frame is counted; the log gets the first ten
+                    // and then every hundredth, so a garbage stream cannot
+                    // flood the journal.
+                    if n <= 10 || n.is_multiple_of(100) {
+                        tracing::warn!(camera = %self.camera.id, source = %what, %reason,
+                            decode_errors = n, "skipped a frame that does not decode");
+                    }
                     continue;
                 }
                 Err(e @ SourceError::Stalled { .. }) => return Exit::Stalled(e.to_string()),
@@ -889,5 +923,86 @@ mod tests {
         let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
         p.join();
         drain.join().expect("drain");
+    }
+
+    #[test]
+    fn bad_and_oversized_frames_are_counted_and_skipped_while_others_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let frame = |v: u8| image::RgbImage::from_pixel(64, 48, image::Rgb([v, v, v]));
+        frame(10).save(d.join("a.png")).expect("png");
+        image::RgbImage::from_pixel(300, 20, image::Rgb([1, 1, 1]))
+            .save(d.join("b-wide.png"))
+            .expect("png");
+        std::fs::write(d.join("c-junk.jpg"), b"\xff\xd8\xff garbage").expect("write");
+        std::fs::write(d.join("d-empty.png"), b"").expect("write");
+        frame(200).save(d.join("e.png")).expect("png");
+        let images = format!("imgs=images://{}?loop=false&fps=50", d.display());
+        let mut config = config(&[&images, "ok=synthetic://?objects=1&frames=20&fps=50"]);
+        config.cameras[0].frame_limits = crate::source::FrameLimits {
+            max_width: 256,
+            max_height: 256,
+            max_pixels: 256 * 256,
+        };
+        let (tx, mut rx) = mpsc::channel(1000);
+        let p = Pipelines::start(&config, tx, None).expect("start");
+        let mut ok_detections = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && p.health().iter().any(|h| h.state != state::ENDED) {
+            while let Ok(d) = rx.try_recv() {
+                ok_detections += usize::from(d.camera_id == "ok");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let h = p.health();
+        p.request_stop();
+        let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+        p.join();
+        drain.join().expect("drain");
+        assert_eq!(h[0].state, state::ENDED, "{:?}", h[0]);
+        assert_eq!(h[0].frames_total, 2, "{:?}", h[0]);
+        assert_eq!(h[0].decode_errors, 3, "{:?}", h[0]);
+        let err = h[0].last_error.clone().unwrap_or_default();
+        assert!(err.contains("d-empty.png: empty file"), "{err}");
+        assert_eq!(h[1].state, state::ENDED, "{:?}", h[1]);
+        assert_eq!(h[1].frames_total, 20, "{:?}", h[1]);
+        assert_eq!(h[1].decode_errors, 0);
+        assert!(ok_detections > 0 || h[1].frames_inferred > 0);
+    }
+
+    #[test]
+    fn every_source_is_held_to_the_frame_limits() {
+        // synthetic:// has no header to check: the pipeline's own check
+        // refuses its frames, counted, and the camera still ends normally.
+        let mut config =
+            config(&["big=synthetic://?objects=1&frames=5&fps=50&width=320&height=240"]);
+        config.cameras[0].frame_limits = crate::source::FrameLimits {
+            max_width: 200,
+            max_height: 200,
+            max_pixels: 200 * 200,
+        };
+        let (tx, mut rx) = mpsc::channel(1000);
+        let p = Pipelines::start(&config, tx, None).expect("start");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && p.health()[0].state != state::ENDED {
+            while rx.try_recv().is_ok() {}
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let h = p.health();
+        let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+        p.join();
+        drain.join().expect("drain");
+        assert_eq!(h[0].state, state::ENDED, "{:?}", h[0]);
+        assert_eq!(
+            (h[0].frames_total, h[0].decode_errors),
+            (0, 5),
+            "{:?}",
+            h[0]
+        );
+        let err = h[0].last_error.clone().unwrap_or_default();
+        assert!(
+            err.contains("320x240") && err.contains("max_frame_width"),
+            "{err}"
+        );
     }
 }

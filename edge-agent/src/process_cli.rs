@@ -111,6 +111,7 @@ fn camera_for(
         fps: crate::config::default_camera_fps(),
         detect_fps: None,
         stall_timeout: default_stall_timeout(),
+        frame_limits: crate::source::FrameLimits::default(),
         zones: vec![],
         lines: vec![],
         masks: vec![],
@@ -139,6 +140,7 @@ pub fn process(
         stall_timeout: Duration::from_secs(30),
         offline: true,
         stop: None,
+        limits: cam.frame_limits,
     };
     let mut src = source::open(&cam.source, &cam.id, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut analyzer = Analyzer::new(config, &cam, detect::for_camera(config), &new_run_id());
@@ -182,8 +184,9 @@ pub fn process(
         let mut frame = match src.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(source::SourceError::Decode { .. }) => {
+            Err(source::SourceError::Decode { what, reason }) => {
                 report.decode_errors += 1;
+                tracing::warn!(source = %what, %reason, "skipping a frame that does not decode");
                 continue;
             }
             Err(e) => {

@@ -42,6 +42,7 @@ pub struct GstSource {
     looping: bool,
     stall_timeout: Duration,
     stop: Option<Arc<AtomicBool>>,
+    limits: super::FrameLimits,
     seq: u64,
     /// Presentation time of the last frame handed out.
     position: Option<Duration>,
@@ -71,7 +72,16 @@ fn describe(spec: &SourceSpec, opts: &OpenOptions) -> Option<String> {
     } else {
         ("max-buffers=1 drop=true", true)
     };
-    let convert = "videoconvert ! video/x-raw,format=RGB";
+    // The size bounds take part in caps negotiation: a stream announcing
+    // a frame above the camera's limits fails to negotiate (an error on the
+    // bus) before its decoder allocates a single output frame.
+    let l = &opts.limits;
+    let bounds = format!(
+        "width=[1,{}],height=[1,{}]",
+        l.max_width.min(i32::MAX as u32),
+        l.max_height.min(i32::MAX as u32)
+    );
+    let convert = format!("videoconvert ! video/x-raw,format=RGB,{bounds}");
     Some(match spec {
         SourceSpec::Rtsp {
             transport,
@@ -111,7 +121,7 @@ fn describe(spec: &SourceSpec, opts: &OpenOptions) -> Option<String> {
                 _ => String::new(),
             };
             format!(
-                "v4l2src name=src ! videoconvert ! videoscale ! video/x-raw,format=RGB{size} \
+                "v4l2src name=src ! videoconvert ! videoscale ! video/x-raw,format=RGB,{bounds}{size} \
                  ! appsink name=sink {sink_opts} sync=false"
             )
         }
@@ -213,6 +223,7 @@ impl GstSource {
             looping,
             stall_timeout: opts.stall_timeout,
             stop: opts.stop.clone(),
+            limits: opts.limits,
             seq: 0,
             position: None,
             streaming: false,
@@ -234,7 +245,22 @@ impl GstSource {
                     .src()
                     .map(|s| s.name().to_string())
                     .unwrap_or_else(|| "pipeline".into());
-                return Some(format!("{element}: {}", err.error()));
+                let mut line = format!("{element}: {}", err.error());
+                if err
+                    .debug()
+                    .is_some_and(|d| d.contains("not-negotiated") || d.contains("not negotiated"))
+                    || err.error().to_string().contains("not negotiated")
+                {
+                    let l = &self.limits;
+                    line.push_str(&format!(
+                        " (the stream's frames could not be converted to RGB within this \
+                         camera's max_frame_width {} x max_frame_height {}: either they are \
+                         larger, and were refused before decoding, or their format is not one \
+                         GStreamer can convert)",
+                        l.max_width, l.max_height
+                    ));
+                }
+                return Some(line);
             }
         }
         None
@@ -270,6 +296,11 @@ impl GstSource {
             .ok_or_else(|| bad("sample without caps".into()))?;
         let info = gst_video::VideoInfo::from_caps(caps)
             .map_err(|e| bad(format!("unreadable video caps: {e}")))?;
+        // Before touching the pixels: negotiation bounds the sides, this
+        // also bounds their product.
+        self.limits
+            .check(info.width(), info.height())
+            .map_err(bad)?;
         let buffer = sample
             .buffer()
             .ok_or_else(|| bad("sample without buffer".into()))?;
@@ -455,5 +486,66 @@ mod tests {
         }
         assert!((145..=155).contains(&n), "15 s at 10 fps, got {n}");
         assert!(src.duration().is_some_and(|d| d > Duration::from_secs(14)));
+    }
+
+    fn street_clip() -> SourceSpec {
+        let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/testdata/street.mp4");
+        SourceSpec::parse(&format!("file://{}", clip.display()))
+            .expect("file")
+            .0
+    }
+
+    /// The first thing the source says: a frame or an error.
+    fn first(spec: &SourceSpec, opts: &OpenOptions) -> Result<Option<Frame>, SourceError> {
+        GstSource::open(spec, "c", opts)?.next_frame()
+    }
+
+    #[test]
+    fn frames_above_the_camera_limits_are_refused_in_negotiation() {
+        let opts = OpenOptions {
+            offline: true,
+            stall_timeout: Duration::from_secs(20),
+            limits: super::super::FrameLimits {
+                max_width: 320,
+                max_height: 320,
+                max_pixels: 320 * 320,
+            },
+            ..OpenOptions::default()
+        };
+        let err = first(&street_clip(), &opts).expect_err("640x360 is above 320x320");
+        assert!(matches!(err, SourceError::Open { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("max_frame_width 320"), "{text}");
+        // Sides within bounds but too many pixels: refused per frame.
+        let opts = OpenOptions {
+            limits: super::super::FrameLimits {
+                max_width: 640,
+                max_height: 640,
+                max_pixels: 640 * 300,
+            },
+            ..opts
+        };
+        let err = first(&street_clip(), &opts).expect_err("640x360 is above 192000 pixels");
+        assert!(matches!(err, SourceError::Decode { .. }), "{err}");
+        assert!(err.to_string().contains("640x360"), "{err}");
+    }
+
+    #[test]
+    fn a_file_of_garbage_fails_to_open_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("garbage.mp4");
+        let bytes: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, bytes).expect("write");
+        let (spec, _) = SourceSpec::parse(&format!("file://{}", path.display())).expect("file");
+        let opts = OpenOptions {
+            offline: true,
+            ..OpenOptions::default()
+        };
+        let err = first(&spec, &opts).expect_err("garbage is no video");
+        assert!(matches!(err, SourceError::Open { .. }), "{err}");
+        assert!(err.to_string().contains("garbage.mp4"), "{err}");
     }
 }

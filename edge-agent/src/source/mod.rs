@@ -132,6 +132,55 @@ pub enum SourceSpec {
     },
 }
 
+/// The largest frame a camera may deliver (`max_frame_width`,
+/// `max_frame_height`, `max_frame_pixels` of `[[cameras]]`). Sources check it
+/// before decoding where the format tells the size up front (an image
+/// file's header, GStreamer's caps negotiation), so a header claiming
+/// 30000x30000 costs nothing; the pipeline checks every frame once more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+}
+
+impl Default for FrameLimits {
+    /// 8K UHD (7680x4320, about 100 MB as RGB), either way up.
+    fn default() -> Self {
+        Self {
+            max_width: 7680,
+            max_height: 7680,
+            max_pixels: 7680 * 4320,
+        }
+    }
+}
+
+impl FrameLimits {
+    /// Why a `width` x `height` frame is refused, if it is.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), String> {
+        let pixels = u64::from(width) * u64::from(height);
+        if width == 0 || height == 0 {
+            return Err(format!("frame size {width}x{height} has no pixels"));
+        }
+        if width > self.max_width || height > self.max_height || pixels > self.max_pixels {
+            return Err(format!(
+                "frame size {width}x{height} ({pixels} pixels) is above this camera's limit \
+                 (max_frame_width {}, max_frame_height {}, max_frame_pixels {}); refused \
+                 without decoding. Raise those keys in [[cameras]] if the camera really sends \
+                 frames this large",
+                self.max_width, self.max_height, self.max_pixels
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest encoded file worth reading for one frame: more than
+    /// raw RGB at the pixel limit is no image a camera produced.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_pixels.saturating_mul(3).saturating_add(1 << 20)
+    }
+}
+
 /// How a source is opened.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -142,6 +191,8 @@ pub struct OpenOptions {
     pub offline: bool,
     /// Checked while waiting, so a blocked source still stops promptly.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Frames above this are refused (and counted as decode errors).
+    pub limits: FrameLimits,
 }
 
 impl Default for OpenOptions {
@@ -150,6 +201,7 @@ impl Default for OpenOptions {
             stall_timeout: Duration::from_secs(10),
             offline: false,
             stop: None,
+            limits: FrameLimits::default(),
         }
     }
 }
@@ -439,11 +491,10 @@ pub fn open(
     camera_id: &str,
     opts: &OpenOptions,
 ) -> Result<Box<dyn FrameSource>, SourceError> {
-    let _ = opts;
     Ok(match spec {
         SourceSpec::Synthetic(p) => Box::new(SyntheticSource::new(camera_id, p.clone())),
         SourceSpec::Images { dir, looping } => {
-            Box::new(ImageDirSource::open(camera_id, dir, *looping)?)
+            Box::new(ImageDirSource::open(camera_id, dir, *looping, opts.limits)?)
         }
         #[cfg(feature = "nokhwa")]
         SourceSpec::V4l2 {
@@ -540,6 +591,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn frame_limits_name_the_keys_and_the_size() {
+        let l = FrameLimits {
+            max_width: 1920,
+            max_height: 1920,
+            max_pixels: 1920 * 1080,
+        };
+        assert!(l.check(1920, 1080).is_ok());
+        assert!(l.check(1080, 1920).is_ok());
+        for (w, h) in [
+            (1921, 10),
+            (10, 1921),
+            (1920, 1081),
+            (0, 10),
+            (30000, 30000),
+        ] {
+            let e = l.check(w, h).expect_err("refused");
+            assert!(e.contains(&format!("{w}x{h}")), "{e}");
+        }
+        let e = l.check(u32::MAX, u32::MAX).expect_err("refused");
+        assert!(e.contains("max_frame_pixels"), "{e}");
+        assert!(FrameLimits::default().check(7680, 4320).is_ok());
+        assert!(FrameLimits::default().check(4320, 7680).is_ok());
     }
 
     #[test]
