@@ -86,9 +86,33 @@ impl RegisteredCamera {
 #[schema(as = GeoPoint)]
 #[allow(dead_code)] // describes [`GeoPoint`] in the OpenAPI document only
 pub struct GeoPointDoc {
+    #[schema(minimum = -90.0, maximum = 90.0)]
     lat: f64,
+    #[schema(minimum = -180.0, maximum = 180.0)]
     lng: f64,
 }
+
+/// A point `[x, y]` in normalised frame coordinates (`0..=1`, `y` down).
+#[derive(Debug)]
+pub struct PointDoc;
+
+impl utoipa::PartialSchema for PointDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(0.0))
+                    .maximum(Some(1.0)),
+            )
+            .min_items(Some(2))
+            .max_items(Some(2))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PointDoc {}
 
 /// A zone: 3 to 64 `[x, y]` corners in normalised frame coordinates
 /// (`0..=1`, `y` down), enclosing some area; `id` `[A-Za-z0-9_-]{1,64}`,
@@ -97,7 +121,9 @@ pub struct GeoPointDoc {
 #[schema(as = Zone)]
 #[allow(dead_code)] // describes [`ZoneSpec`] in the OpenAPI document only
 pub struct ZoneDoc {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     id: String,
+    #[schema(value_type = Vec<PointDoc>, inline, min_items = 3, max_items = 64)]
     polygon: Vec<[f64; 2]>,
 }
 
@@ -108,8 +134,11 @@ pub struct ZoneDoc {
 #[schema(as = Line)]
 #[allow(dead_code)] // describes [`LineSpec`] in the OpenAPI document only
 pub struct LineDoc {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     id: String,
+    #[schema(value_type = PointDoc, inline)]
     from: [f64; 2],
+    #[schema(value_type = PointDoc, inline)]
     to: [f64; 2],
 }
 

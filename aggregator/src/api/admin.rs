@@ -95,10 +95,12 @@ pub async fn audit(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     username: String,
     /// 8-1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
-    /// `admin`, `operator` or `viewer`.
+    #[schema(value_type = RoleName)]
     role: String,
     /// Required for operators and viewers; a tenant admin's own tenant by default.
     tenant_id: Option<i64>,
@@ -132,7 +134,7 @@ pub async fn create_user(
     JsonBody(req): JsonBody<NewUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     check_username(&req.username)?;
-    if req.password.len() < 8 || req.password.len() > 1024 {
+    if !(8..=1024).contains(&req.password.chars().count()) {
         return Err(ApiError::Unprocessable(
             "password must be 8-1024 characters".into(),
         ));
@@ -179,7 +181,7 @@ pub async fn create_user(
 
 /// Users of the caller's tenant, or all for a global admin, by id.
 #[utoipa::path(get, path = "/users", tag = "accounts", operation_id = "list_users",
-    security(("jwt" = ["admin"])), params(PageParams),
+    security(("jwt" = ["admin"])), params(super::export::FormatParam, PageParams),
     responses(
         (status = 200, description = "one page as JSON, or every user as CSV or NDJSON (`format=`)",
             content((Page<User> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
@@ -210,8 +212,25 @@ pub async fn list_users(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
-    /// 1-128 characters.
+    /// 1-128 characters, not all blank (stored without leading and trailing blanks).
+    #[schema(min_length = 1, max_length = 128, pattern = r"[^ \t\n\r]")]
     name: String,
+}
+
+/// The roles an account or API key can have.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // names the values of `role` in the OpenAPI document only
+pub enum RoleName {
+    Admin,
+    Operator,
+    Viewer,
+}
+
+/// What blank means for names: the ASCII blanks, so the rule in the
+/// document (`[^ \t\n\r]`) is the one applied.
+fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
 /// Creates a tenant (global admin only). Audited.
@@ -233,8 +252,8 @@ pub async fn create_tenant(
             "only a global admin creates tenants".into(),
         ));
     }
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 128 {
+    let name = req.name.trim_matches(is_blank);
+    if name.is_empty() || req.name.chars().count() > 128 {
         return Err(ApiError::Unprocessable(
             "name must be 1-128 characters".into(),
         ));
@@ -256,7 +275,7 @@ pub async fn create_tenant(
 
 /// All tenants for a global caller, otherwise the caller's own, by id.
 #[utoipa::path(get, path = "/tenants", tag = "accounts", operation_id = "list_tenants",
-    security(("jwt" = ["viewer"])), params(PageParams),
+    security(("jwt" = ["viewer"])), params(super::export::FormatParam, PageParams),
     responses(
         (status = 200, description = "one page as JSON, or every tenant as CSV or NDJSON (`format=`)",
             content((Page<Tenant> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
@@ -285,7 +304,7 @@ pub async fn list_tenants(
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     name: String,
-    /// `admin`, `operator` or `viewer`.
+    #[schema(value_type = RoleName)]
     role: String,
     /// A tenant admin's keys are always in their tenant.
     tenant_id: Option<i64>,
@@ -354,7 +373,7 @@ pub async fn create_api_key(
 /// API keys of the caller's tenant, or all for a global admin (never the
 /// key itself), newest first.
 #[utoipa::path(get, path = "/api-keys", tag = "accounts", operation_id = "list_api_keys",
-    security(("jwt" = ["admin"])), params(PageParams),
+    security(("jwt" = ["admin"])), params(super::export::FormatParam, PageParams),
     responses(
         (status = 200, description = "one page as JSON, or every key as CSV or NDJSON (`format=`)",
             content((Page<ApiKey> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
@@ -426,6 +445,7 @@ pub async fn revoke_api_key(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Provision {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     node_id: String,
     tenant_id: Option<i64>,
 }
@@ -510,7 +530,7 @@ pub async fn provision_node(
 /// is a 404). The old one stops working at once and the node's open
 /// connection is closed. Audited, without the password.
 #[utoipa::path(post, path = "/nodes/{id}/credentials", tag = "nodes", operation_id = "rotate_node_credentials",
-    security(("jwt" = ["admin"])), params(("id" = String, Path, description = "node id")),
+    security(("jwt" = ["admin"])), params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "the node's new MQTT login `{\"mqtt\":{\"client_id\",\"username\",\"password\"}}` (shown once)", body = Object),
         (status = 404, description = "no such provisioned node, or another tenant's", body = super::openapi::ErrorBody),
@@ -569,7 +589,7 @@ async fn may_manage_node(
 /// closed, as on rotation; provisioning or rotation issues new ones. The
 /// node stays registered with its tenant and data. Audited.
 #[utoipa::path(delete, path = "/nodes/{id}/credentials", tag = "nodes", operation_id = "revoke_node_credentials",
-    security(("jwt" = ["admin"])), params(("id" = String, Path, description = "node id")),
+    security(("jwt" = ["admin"])), params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 204, description = "revoked"),
         (status = 404, description = "no such node with MQTT credentials, or another tenant's", body = super::openapi::ErrorBody),
@@ -603,7 +623,7 @@ pub async fn revoke_node_credentials(
 /// Every mutation (who, what, before/after, when, from where), newest first;
 /// a tenant admin sees their tenant's.
 #[utoipa::path(get, path = "/audit", tag = "accounts", operation_id = "audit_log",
-    security(("jwt" = ["admin"])), params(PageParams),
+    security(("jwt" = ["admin"])), params(super::export::FormatParam, PageParams),
     responses((status = 200, description = "one page as JSON, or every entry as CSV or NDJSON (`format=`)",
         content((Page<AuditEntry> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn audit_log(

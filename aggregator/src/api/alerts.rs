@@ -17,62 +17,303 @@ use super::{ApiError, AppState, JsonBody};
 use crate::alerts::store::ListQuery;
 use crate::alerts::{merge_patch, RuleInput, StoredRule};
 
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
-
 /// `?limit=&cursor=` (plus filters) of the list endpoints.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// 1..=1000, default 100.
-    limit: Option<String>,
+    #[param(inline)]
+    limit: Option<super::export::PageLimit>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Only this rule's.
-    rule_id: Option<String>,
-    /// Deliveries only: `pending`, `delivered` or `failed`.
-    status: Option<String>,
+    #[param(minimum = 1)]
+    rule_id: Option<i64>,
+    /// Deliveries only.
+    #[param(inline)]
+    status: Option<DeliveryStatus>,
+}
+
+/// The states of a webhook delivery.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
 }
 
 impl ListParams {
     fn query(&self, who: &Principal) -> Result<ListQuery, ApiError> {
-        let limit = match self.limit.as_deref() {
-            None => DEFAULT_PAGE,
-            Some(l) => l
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_PAGE).contains(n))
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!("limit={l:?} must be 1..={MAX_PAGE}"))
-                })?,
-        };
-        let id = |name: &str, v: &Option<String>| {
-            v.as_deref()
-                .map(|c| {
-                    c.parse::<i64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| ApiError::BadRequest(format!("{name}={c:?} is not an id")))
-                })
-                .transpose()
-        };
-        let status = match self.status.as_deref() {
-            None => None,
-            Some(s @ ("pending" | "delivered" | "failed")) => Some(s.to_owned()),
-            Some(s) => {
-                return Err(ApiError::BadRequest(format!(
-                    "status={s:?} must be pending, delivered or failed"
-                )))
+        let rule_id = match self.rule_id {
+            Some(id) if id < 1 => {
+                return Err(ApiError::BadRequest(format!("rule_id={id} is not an id")))
             }
+            id => id,
         };
         Ok(ListQuery {
             tenant_id: who.scope(),
-            rule_id: id("rule_id", &self.rule_id)?,
-            status,
-            limit,
-            before_id: id("cursor", &self.cursor)?,
+            rule_id,
+            status: self.status.map(|s| s.as_str().to_owned()),
+            limit: super::export::page_limit(self.limit, super::export::Format::Json),
+            before_id: super::export::id_cursor(self.cursor.clone())?,
         })
     }
+}
+
+/// The body of `POST /api/v1/alert-rules` (documents
+/// [`crate::alerts::RuleInput`], which is read with every field optional so
+/// that each problem gets its own 422). Rules between fields that the
+/// schema does not carry: a `watchlist` needs `labels` and takes neither
+/// `threshold` (other than 1) nor `window_s` (other than 0); `direction`
+/// needs `line`, and `line` needs `on: line_crossed` (the default with a
+/// line); `schedule.start` and `schedule.end` differ.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // describes the JSON shape in the OpenAPI document only
+pub struct RuleDoc {
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    name: String,
+    /// Default `threshold`.
+    #[schema(inline)]
+    kind: Option<RuleKindDoc>,
+    /// Default true.
+    enabled: Option<bool>,
+    /// Labels that match (none: every label); at most 100.
+    #[schema(max_items = 100, value_type = Option<Vec<LabelDoc>>, inline)]
+    labels: Option<Vec<String>>,
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    node_id: Option<String>,
+    #[schema(
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    camera_id: Option<String>,
+    #[schema(
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    zone: Option<String>,
+    #[schema(
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    line: Option<String>,
+    #[schema(inline)]
+    direction: Option<DirectionDoc>,
+    /// What is counted: stored detections (default) or one kind of track event.
+    #[schema(inline)]
+    on: Option<SourceDoc>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    min_score: Option<f64>,
+    /// Matches in the window that fire the rule (default 1).
+    #[schema(minimum = 1, maximum = 10000)]
+    threshold: Option<i64>,
+    /// Seconds (default 60; 0 only for a watchlist).
+    #[schema(minimum = 0, maximum = 86400)]
+    window_s: Option<i64>,
+    /// Seconds before it fires again (default 60).
+    #[schema(minimum = 0, maximum = 604800)]
+    cooldown_s: Option<i64>,
+    #[schema(inline)]
+    schedule: Option<ScheduleDoc>,
+    #[schema(inline)]
+    actions: Option<ActionsDoc>,
+}
+
+/// The body of `PATCH /api/v1/alert-rules/{id}`: a JSON merge patch (RFC
+/// 7386) of [`RuleDoc`]'s fields; `null` removes a field (its default
+/// applies). The merged rule must be valid as a whole.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // describes the JSON shape in the OpenAPI document only
+pub struct RulePatchDoc {
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    name: Option<String>,
+    /// Default `threshold`.
+    #[schema(inline)]
+    kind: Option<RuleKindDoc>,
+    /// Default true.
+    enabled: Option<bool>,
+    /// Labels that match (none: every label); at most 100.
+    #[schema(max_items = 100, value_type = Option<Vec<LabelDoc>>, inline)]
+    labels: Option<Vec<String>>,
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    node_id: Option<String>,
+    #[schema(
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    camera_id: Option<String>,
+    #[schema(
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    zone: Option<String>,
+    #[schema(
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    line: Option<String>,
+    #[schema(inline)]
+    direction: Option<DirectionDoc>,
+    /// What is counted: stored detections (default) or one kind of track event.
+    #[schema(inline)]
+    on: Option<SourceDoc>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    min_score: Option<f64>,
+    /// Matches in the window that fire the rule (default 1).
+    #[schema(minimum = 1, maximum = 10000)]
+    threshold: Option<i64>,
+    /// Seconds (default 60; 0 only for a watchlist).
+    #[schema(minimum = 0, maximum = 86400)]
+    window_s: Option<i64>,
+    /// Seconds before it fires again (default 60).
+    #[schema(minimum = 0, maximum = 604800)]
+    cooldown_s: Option<i64>,
+    #[schema(inline)]
+    schedule: Option<ScheduleDoc>,
+    #[schema(inline)]
+    actions: Option<ActionsDoc>,
+}
+
+/// A label a rule matches: 1-64 characters, not blank, no control characters.
+#[derive(Debug)]
+pub struct LabelDoc;
+
+impl utoipa::PartialSchema for LabelDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(64))
+            .pattern(Some(TEXT_PATTERN))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for LabelDoc {}
+
+/// Names and labels of rules: not blank (stored trimmed), no control characters.
+const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKindDoc {
+    Threshold,
+    Watchlist,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectionDoc {
+    LeftToRight,
+    RightToLeft,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceDoc {
+    Detection,
+    Appeared,
+    Left,
+    ZoneEntered,
+    ZoneLeft,
+    LineCrossed,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DayDoc {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// When the rule is armed (default: always).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ScheduleDoc {
+    #[schema(min_items = 1, inline)]
+    days: Option<Vec<DayDoc>>,
+    /// `HH:MM` (default `00:00`).
+    #[schema(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+    start: Option<String>,
+    /// `HH:MM` or `24:00` (default).
+    #[schema(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
+    end: Option<String>,
+    /// `UTC` (default), `local` or an offset like `+02:00`.
+    #[schema(pattern = r"^(UTC|utc|Z|local|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
+    timezone: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ActionsDoc {
+    #[schema(inline)]
+    incident: Option<IncidentActionDoc>,
+    /// Push to the live feed (default true).
+    websocket: Option<bool>,
+    #[schema(inline)]
+    webhook: Option<WebhookDoc>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct IncidentActionDoc {
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    category: String,
+    /// Default `medium`.
+    #[schema(value_type = Option<crate::incidents::Severity>)]
+    severity: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct WebhookDoc {
+    /// An absolute `http://` or `https://` URL with a host and no
+    /// credentials, at most 2048 characters; an internal address only when
+    /// `alerts.allow_private_webhooks` is set.
+    #[schema(max_length = 2048, pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://")]
+    url: String,
+    /// 16-256 bytes; signs each delivery (HMAC-SHA256).
+    #[schema(min_length = 16, max_length = 256)]
+    secret: String,
+    /// Default 5.
+    #[schema(minimum = 1, maximum = 10)]
+    max_attempts: Option<i64>,
 }
 
 fn page(items: Vec<serde_json::Value>, limit: usize, last_id: Option<i64>) -> serde_json::Value {
@@ -121,7 +362,7 @@ fn check_webhook_destination(
 /// (`"kind":"watchlist"`). A global admin may give `tenant_id`.
 #[utoipa::path(post, path = "/alert-rules", tag = "alerts", operation_id = "create_alert_rule",
     security(("jwt" = ["operator"])),
-    request_body(content = Object, description = "an alert rule or watchlist (see README, Alert rules)"),
+    request_body(content = RuleDoc, description = "an alert rule or watchlist (see README, Alert rules)"),
     responses(
         (status = 201, description = "the stored rule (the webhook secret is never shown)", body = Object),
         (status = 422, description = "the rule is invalid (the message says why), or its webhook URL is an internal address (see alerts.allow_private_webhooks)", body = ErrorBody),
@@ -217,7 +458,7 @@ pub async fn get(
 /// 7386) over the rule; the result is validated like a new rule.
 #[utoipa::path(patch, path = "/alert-rules/{id}", tag = "alerts", operation_id = "update_alert_rule",
     security(("jwt" = ["operator"])), params(("id" = i64, Path, description = "rule id")),
-    request_body(content = Object, description = "a JSON merge patch (RFC 7386) over the rule"),
+    request_body(content = RulePatchDoc, description = "a JSON merge patch (RFC 7386) over the rule"),
     responses((status = 200, description = "the changed rule", body = Object),
         (status = 404, description = "no such rule, or another tenant's", body = ErrorBody),
         (status = 422, description = "the patched rule is invalid, or its new webhook URL is an internal address", body = ErrorBody)))]
@@ -351,6 +592,9 @@ pub async fn rule_deliveries(
     Query(mut p): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     visible_rule(&state, &who, id).await?;
-    p.rule_id = Some(id.to_string());
+    // The query is checked as sent (a `rule_id=0` is still a 400) before
+    // the path's rule replaces its `rule_id`.
+    p.query(&who)?;
+    p.rule_id = Some(id);
     deliveries(State(state), Authed(who), Query(p)).await
 }

@@ -348,14 +348,17 @@ fn dummy_hash() -> &'static str {
 /// A fresh token for a signed-in user (not for API keys or the bootstrap token).
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", operation_id = "refresh",
     security(("jwt" = ["viewer"])),
-    responses((status = 200, body = Session), (status = 400, description = "the caller is not a user session", body = super::openapi::ErrorBody)))]
+    responses((status = 200, body = Session), (status = 403, description = "the token is an API key or the bootstrap token, not a user session", body = super::openapi::ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
     Authed(p): AsViewer,
 ) -> Result<Json<Session>, ApiError> {
-    let id = p
-        .user_id
-        .ok_or_else(|| ApiError::BadRequest("only user sessions can be refreshed".into()))?;
+    let id = p.user_id.ok_or_else(|| {
+        ApiError::Forbidden(
+            "only user sessions can be refreshed; API keys and the bootstrap token do not expire"
+                .into(),
+        )
+    })?;
     let user = state
         .accounts
         .user(id)

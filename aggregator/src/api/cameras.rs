@@ -34,25 +34,60 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-/// A camera as `POST` and `PUT` take it (this type documents the body; it
-/// is read key by key so a bad key is named in the 422).
+/// A camera as `POST` takes it (this type documents the body; it is read
+/// key by key so a bad key is named in the 422, and unknown keys are
+/// refused).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // describes the JSON shape in the OpenAPI document only
-pub struct CameraInput {
-    /// The agent's camera id (`[[cameras]] id`), `[A-Za-z0-9_-]{1,64}`;
-    /// required by `POST`, optional in a `PUT` (must equal the path's).
-    camera_id: Option<String>,
-    /// Display name, at most 128 bytes.
+pub struct NewCamera {
+    /// The agent's camera id (`[[cameras]] id`).
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    camera_id: String,
+    /// Display name, at most 128 bytes, no control characters.
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     name: Option<String>,
     #[schema(value_type = Option<crate::registry::GeoPointDoc>)]
     location: Option<GeoPoint>,
     /// Degrees clockwise from north, 0..=360.
+    #[schema(minimum = 0.0, maximum = 360.0)]
     heading: Option<f64>,
     /// Inferences per second at most, (0, 60]; absent: the agent's own.
+    #[schema(exclusive_minimum = 0.0, maximum = 60.0)]
     detect_fps: Option<f64>,
-    #[schema(value_type = Vec<crate::registry::ZoneDoc>)]
+    /// At most 32, ids unique on the camera.
+    #[schema(value_type = Option<Vec<crate::registry::ZoneDoc>>, max_items = 32)]
     zones: Vec<ZoneSpec>,
-    #[schema(value_type = Vec<crate::registry::LineDoc>)]
+    /// At most 32, ids unique on the camera.
+    #[schema(value_type = Option<Vec<crate::registry::LineDoc>>, max_items = 32)]
+    lines: Vec<LineSpec>,
+}
+
+/// A camera as `PUT` takes it: [`NewCamera`] whose `camera_id` may be left
+/// out (it must equal the path's when given).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // describes the JSON shape in the OpenAPI document only
+pub struct CameraInput {
+    /// The path's camera id, if given.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    camera_id: Option<String>,
+    /// Display name, at most 128 bytes, no control characters.
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+    name: Option<String>,
+    #[schema(value_type = Option<crate::registry::GeoPointDoc>)]
+    location: Option<GeoPoint>,
+    /// Degrees clockwise from north, 0..=360.
+    #[schema(minimum = 0.0, maximum = 360.0)]
+    heading: Option<f64>,
+    /// Inferences per second at most, (0, 60]; absent: the agent's own.
+    #[schema(exclusive_minimum = 0.0, maximum = 60.0)]
+    detect_fps: Option<f64>,
+    /// At most 32, ids unique on the camera.
+    #[schema(value_type = Option<Vec<crate::registry::ZoneDoc>>, max_items = 32)]
+    zones: Vec<ZoneSpec>,
+    /// At most 32, ids unique on the camera.
+    #[schema(value_type = Option<Vec<crate::registry::LineDoc>>, max_items = 32)]
     lines: Vec<LineSpec>,
 }
 
@@ -256,7 +291,7 @@ fn changed(change: Change) -> Result<CameraChanged, ApiError> {
 /// Every camera registered on the node, with the node's desired config version.
 #[utoipa::path(get, path = "/nodes/{id}/cameras", tag = "nodes", operation_id = "list_cameras",
     security(("jwt" = ["viewer"])),
-    params(("id" = String, Path, description = "node id")),
+    params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 200, body = CameraList),
         (status = 404, description = "no such node, or another tenant's", body = ErrorBody)))]
 pub async fn list(
@@ -277,7 +312,7 @@ pub async fn list(
 /// One registered camera.
 #[utoipa::path(get, path = "/nodes/{id}/cameras/{camera_id}", tag = "nodes", operation_id = "get_camera",
     security(("jwt" = ["viewer"])),
-    params(("id" = String, Path, description = "node id"), ("camera_id" = String, Path, description = "camera id")),
+    params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$"), ("camera_id" = String, Path, description = "camera id")),
     responses((status = 200, body = RegisteredCamera),
         (status = 404, description = "no such node or camera, or another tenant's", body = ErrorBody)))]
 pub async fn get(
@@ -300,8 +335,8 @@ pub async fn get(
 /// on `edgeqi/v1/nodes/{id}/config`; the agent applies it without restarting).
 #[utoipa::path(post, path = "/nodes/{id}/cameras", tag = "nodes", operation_id = "create_camera",
     security(("jwt" = ["operator"])),
-    params(("id" = String, Path, description = "node id")),
-    request_body = CameraInput,
+    params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    request_body = NewCamera,
     responses((status = 201, body = CameraChanged),
         (status = 404, description = "no such node, or another tenant's", body = ErrorBody),
         (status = 409, description = "the node has a camera with this id (PUT replaces it)", body = ErrorBody),
@@ -324,7 +359,7 @@ pub async fn create(
 /// the node's new config version.
 #[utoipa::path(put, path = "/nodes/{id}/cameras/{camera_id}", tag = "nodes", operation_id = "replace_camera",
     security(("jwt" = ["operator"])),
-    params(("id" = String, Path, description = "node id"), ("camera_id" = String, Path, description = "camera id")),
+    params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$"), ("camera_id" = String, Path, description = "camera id")),
     request_body = CameraInput,
     responses((status = 200, body = CameraChanged),
         (status = 404, description = "no such node or camera, or another tenant's", body = ErrorBody),
@@ -347,7 +382,7 @@ pub async fn replace(
 /// version: the camera falls back to the agent's config file.
 #[utoipa::path(delete, path = "/nodes/{id}/cameras/{camera_id}", tag = "nodes", operation_id = "delete_camera",
     security(("jwt" = ["operator"])),
-    params(("id" = String, Path, description = "node id"), ("camera_id" = String, Path, description = "camera id")),
+    params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$"), ("camera_id" = String, Path, description = "camera id")),
     responses((status = 200, body = CameraDeleted),
         (status = 404, description = "no such node or camera, or another tenant's", body = ErrorBody)))]
 pub async fn delete(

@@ -16,12 +16,37 @@ use crate::events::{EventQuery, LineTotal, StoredEvent};
 pub struct EventParams {
     node_id: Option<String>,
     camera_id: Option<String>,
-    /// `appeared`, `left`, `zone_entered`, `zone_left` or `line_crossed`.
-    kind: Option<String>,
-    /// 1..=1000, default 100.
-    limit: Option<usize>,
+    #[param(inline)]
+    kind: Option<EventKind>,
+    #[param(inline)]
+    limit: Option<super::export::PageLimit>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+}
+
+/// The kinds of track event (`edgeqi_shared::protocol::track_event`); any
+/// other `kind=` is a 400.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Appeared,
+    Left,
+    ZoneEntered,
+    ZoneLeft,
+    LineCrossed,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        use edgeqi_shared::protocol::track_event as k;
+        match self {
+            EventKind::Appeared => k::APPEARED,
+            EventKind::Left => k::LEFT,
+            EventKind::ZoneEntered => k::ZONE_ENTERED,
+            EventKind::ZoneLeft => k::ZONE_LEFT,
+            EventKind::LineCrossed => k::LINE_CROSSED,
+        }
+    }
 }
 
 fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
@@ -35,7 +60,7 @@ fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
 
 /// Tracker events of the caller's nodes (appeared/left/zone/line), newest first.
 #[utoipa::path(get, path = "/events", tag = "events", operation_id = "list_events",
-    security(("jwt" = ["viewer"])), params(EventParams),
+    security(("jwt" = ["viewer"])), params(super::export::FormatParam, EventParams),
     responses((status = 200, description = "one page as JSON, or every matching event as CSV or NDJSON (`format=`)",
         content((Page<StoredEvent> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn list(
@@ -49,7 +74,7 @@ pub async fn list(
         node_ids: visible_nodes(&state, &who).await?,
         node_id: p.node_id,
         camera_id: p.camera_id,
-        kind: p.kind,
+        kind: p.kind.map(|k| k.as_str().to_owned()),
         limit,
         after: None,
     };
@@ -89,8 +114,17 @@ const EVENT_COLUMNS: &[Column] = &[
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SnapshotParams {
-    /// `full` for the whole frame when the agent sent one.
-    view: Option<String>,
+    #[param(inline)]
+    view: Option<SnapshotView>,
+}
+
+/// `full` for the whole frame when the agent sent one; `crop` (the
+/// default) for the best crop of the track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotView {
+    Crop,
+    Full,
 }
 
 /// The best JPEG crop of the event's track (or the whole frame with `view=full`).
@@ -110,7 +144,7 @@ pub async fn snapshot(
     let not_found = || ApiError::NotFound(format!("no snapshot for event {id:?}"));
     let (node, jpeg) = state
         .events
-        .snapshot_for_event(&id, p.view.as_deref() == Some("full"))
+        .snapshot_for_event(&id, p.view == Some(SnapshotView::Full))
         .await?
         .ok_or_else(not_found)?;
     if let Some(nodes) = visible_nodes(&state, &who).await? {
@@ -124,7 +158,7 @@ pub async fn snapshot(
 /// Crossings per line, class and direction over the caller's nodes, by
 /// node, camera, line, label and direction.
 #[utoipa::path(get, path = "/stats/lines", tag = "events", operation_id = "line_totals",
-    security(("jwt" = ["viewer"])), params(PageParams),
+    security(("jwt" = ["viewer"])), params(super::export::FormatParam, PageParams),
     responses(
         (status = 200, description = "one page as JSON, or every total as CSV or NDJSON (`format=`)",
             content((Page<LineTotal> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),

@@ -146,12 +146,69 @@ where
     Ok(resp)
 }
 
+/// `?limit=`: rows per JSON page, 1..=1000. Anything else (0, 1001, `abc`,
+/// empty) is refused while the query string is read (400 naming `limit`), so
+/// the range in the document is the range the handlers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(pub usize);
+
+/// Rows a JSON page holds when the caller gives no `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+/// Largest `limit`, and the chunk size of streamed formats.
+pub const MAX_PAGE: usize = 1000;
+
+impl<'de> serde::Deserialize<'de> for PageLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .map(PageLimit)
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not in 1..={MAX_PAGE}")))
+    }
+}
+
+impl utoipa::PartialSchema for PageLimit {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(MAX_PAGE as u32))
+            .default(Some(serde_json::json!(DEFAULT_PAGE)))
+            .description(Some(format!(
+                "Rows per page, 1..={MAX_PAGE} (default {DEFAULT_PAGE}); CSV and NDJSON stream every row."
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PageLimit {}
+
+/// `?format=` of every list (the [`ListFormat`] extractor reads it; this
+/// puts it in the document). Without it, `Accept` decides, else JSON.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FormatParam {
+    #[param(inline)]
+    pub format: Option<FormatName>,
+}
+
+/// The names `?format=` takes.
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatName {
+    Json,
+    Csv,
+    Ndjson,
+}
+
 /// `?limit=&cursor=` of a list whose rows the handler holds in memory (see [`sorted_pages`]).
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
-    /// 1..=1000, default 100.
-    pub limit: Option<usize>,
+    #[param(inline)]
+    pub limit: Option<PageLimit>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
@@ -163,12 +220,12 @@ impl PageParams {
     }
 }
 
-/// Rows per page: the caller's `limit` (1..=1000, default 100) for JSON,
-/// 1000 per chunk for the streamed formats.
-pub fn page_limit(limit: Option<usize>, format: Format) -> usize {
+/// Rows per page: the caller's `limit` (default 100) for JSON, 1000 per
+/// chunk for the streamed formats.
+pub fn page_limit(limit: Option<PageLimit>, format: Format) -> usize {
     match format {
-        Format::Json => limit.unwrap_or(100).clamp(1, 1000),
-        _ => 1000,
+        Format::Json => limit.map_or(DEFAULT_PAGE, |l| l.0),
+        _ => MAX_PAGE,
     }
 }
 

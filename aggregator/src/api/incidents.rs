@@ -121,18 +121,18 @@ pub struct ReportView {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// `new`, `acknowledged`, `in_progress`, `resolved`, `closed` or `rejected`.
-    status: Option<String>,
+    #[param(inline)]
+    status: Option<Status>,
     category: Option<String>,
-    /// 1..=1000, default 100.
-    limit: Option<usize>,
+    #[param(inline)]
+    limit: Option<super::export::PageLimit>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// Incidents of the caller's tenant, newest first.
 #[utoipa::path(get, path = "/incidents", tag = "incidents", operation_id = "list_incidents",
-    security(("jwt" = ["viewer"])), params(ListParams),
+    security(("jwt" = ["viewer"])), params(super::export::FormatParam, ListParams),
     responses(
         (status = 200, description = "one page as JSON, or every matching incident as CSV or NDJSON (`format=`)",
             content((Page<IncidentView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
@@ -144,15 +144,9 @@ pub async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     let limit = super::export::page_limit(p.limit, format);
-    let status = p
-        .status
-        .as_deref()
-        .map(str::parse::<Status>)
-        .transpose()
-        .map_err(ApiError::BadRequest)?;
     let filter = IncidentFilter {
         tenant_id: who.scope(),
-        status,
+        status: p.status,
         category: p.category,
         limit,
         before_id: None,
@@ -239,6 +233,7 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct Patch {
     /// The next lifecycle state.
+    #[schema(value_type = Option<Status>)]
     status: Option<String>,
     /// Who works on it; empty to unassign.
     assignee: Option<String>,
@@ -313,9 +308,9 @@ pub async fn patch(
 
 /// The photo of a citizen report; another tenant's is a 404.
 #[utoipa::path(get, path = "/reports/{id}/photo", tag = "incidents", operation_id = "report_photo",
-    security(("jwt" = ["viewer"])), params(("id" = String, Path, description = "report id (`rpt_…`)")),
+    security(("jwt" = ["viewer"])), params(("id" = String, Path, description = "report id (`rpt_…`)", pattern = r"^rpt_[0-9a-f]{1,60}$")),
     responses(
-        (status = 200, content_type = "image/jpeg", body = Binary, description = "JPEG or PNG, as uploaded"),
+        (status = 200, description = "the photo as uploaded", content((Binary = "image/jpeg"), (Binary = "image/png"))),
         (status = 404, description = "no such report, or another tenant's", body = ErrorBody),
     ))]
 pub async fn photo(
@@ -654,7 +649,7 @@ pub struct ReportStatus {
 
 /// Where a citizen's report stands (public: the report id is the secret).
 #[utoipa::path(get, path = "/status/{id}", tag = "incidents", operation_id = "report_status",
-    params(("id" = String, Path, description = "report id (`rpt_…`)")),
+    params(("id" = String, Path, description = "report id (`rpt_…`)", pattern = r"^rpt_[0-9a-f]{1,60}$")),
     responses((status = 200, body = ReportStatus), (status = 404, description = "no such report", body = ErrorBody)))]
 pub async fn report_status(
     State(state): State<AppState>,
@@ -690,6 +685,7 @@ pub async fn report_status(
 #[into_params(parameter_in = Query)]
 pub struct AreaParams {
     /// Grid cell size in degrees, in [0.0001, 10] (default 0.01).
+    #[param(minimum = 0.0001, maximum = 10.0)]
     cell_deg: Option<f64>,
 }
 
@@ -707,7 +703,7 @@ pub struct Areas {
 /// ranking (the cursor is a rank): areas whose score changes between two
 /// requests may move across the page boundary.
 #[utoipa::path(get, path = "/analytics/areas", tag = "incidents", operation_id = "area_scores",
-    security(("jwt" = ["viewer"])), params(AreaParams, PageParams),
+    security(("jwt" = ["viewer"])), params(super::export::FormatParam, AreaParams, PageParams),
     responses(
         (status = 200, description = "one page as JSON, or every area as CSV or NDJSON (`format=`)",
             content((Areas = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
@@ -784,12 +780,14 @@ async fn all_incidents(state: &AppState, who: &Principal) -> Result<Vec<Incident
 #[into_params(parameter_in = Query)]
 pub struct HotspotQuery {
     /// Grid cell size in metres, 10–50,000 (default 250).
+    #[param(minimum = 10.0, maximum = 50000.0)]
     pub cell_m: Option<f64>,
     /// Only incidents created at or after this time (RFC 3339).
     pub since: Option<chrono::DateTime<Utc>>,
     /// Only this category.
     pub category: Option<String>,
     /// Busiest cells returned, 1–1,000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

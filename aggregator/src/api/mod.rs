@@ -38,7 +38,7 @@ pub(crate) mod ws;
 
 use auth::{AsViewer, Authed, Principal};
 pub use error::ApiError;
-use export::{Column, Format, ListFormat, PageFuture};
+use export::{Column, ListFormat, PageFuture};
 use openapi::{ApiRoutes, ErrorBody, Page};
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
@@ -349,7 +349,7 @@ pub struct Ledger {
 /// null times. `GET /api/v1/stats/summary` counts only the nodes that have
 /// reported (`nodes_total`), so this list may be longer.
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes",
-    security(("jwt" = ["viewer"])), params(export::PageParams),
+    security(("jwt" = ["viewer"])), params(export::FormatParam, export::PageParams),
     responses(
         (status = 200, description = "one page as JSON, or every node as CSV or NDJSON (`format=`)",
             content((Page<NodeView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
@@ -414,7 +414,7 @@ async fn list_nodes(
 /// heartbeat; another tenant's node is a 404.
 #[utoipa::path(get, path = "/nodes/{id}", tag = "nodes", operation_id = "get_node",
     security(("jwt" = ["viewer"])),
-    params(("id" = String, Path, description = "node id")),
+    params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 200, body = NodeDetail), (status = 404, description = "no such node, or another tenant's", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn get_node(
@@ -456,14 +456,18 @@ async fn get_node(
 /// Per outbox epoch: the highest contiguous stored seq, the highest seq and the holes.
 #[utoipa::path(get, path = "/nodes/{id}/ledger", tag = "nodes", operation_id = "get_ledger",
     security(("jwt" = ["viewer"])),
-    params(("id" = String, Path, description = "node id")),
-    responses((status = 200, body = Ledger)))]
+    params(("id" = String, Path, description = "node id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    responses((status = 200, body = Ledger, description = "the ledger; empty for a node that never delivered detections"),
+        (status = 404, description = "not a node id, or another tenant's node", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 async fn get_ledger(
     State(state): State<AppState>,
     Authed(who): AsViewer,
     Path(id): Path<String>,
 ) -> Result<Json<Ledger>, ApiError> {
+    if !edgeqi_shared::topic::is_valid_node_id(&id) {
+        return Err(ApiError::NotFound(format!("no node {id:?}")));
+    }
     ensure_node_visible(&state, &who, &id).await?;
     let epochs = state.store.ledger(&id).await?;
     Ok(Json(Ledger {
@@ -472,8 +476,9 @@ async fn get_ledger(
     }))
 }
 
-/// Query string of `GET /api/v1/detections`; all strings so that a bad value
-/// becomes a 400 naming the parameter, not a generic rejection.
+/// Query string of `GET /api/v1/detections`. Times and `min_score` are
+/// read as strings so that a bad value becomes a 400 naming the parameter
+/// and saying what to send; the document gives their real types.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct DetectionParams {
@@ -481,19 +486,19 @@ struct DetectionParams {
     camera_id: Option<String>,
     label: Option<String>,
     /// RFC 3339 time, inclusive.
+    #[param(value_type = Option<DateTime<Utc>>)]
     since: Option<String>,
     /// RFC 3339 time, exclusive.
+    #[param(value_type = Option<DateTime<Utc>>)]
     until: Option<String>,
     /// In [0, 1].
+    #[param(value_type = Option<f64>, minimum = 0.0, maximum = 1.0)]
     min_score: Option<String>,
-    /// 1..=1000, default 100.
-    limit: Option<String>,
+    #[param(inline)]
+    limit: Option<export::PageLimit>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
-
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 
 fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     v.parse::<DateTime<Utc>>().map_err(|_| {
@@ -519,7 +524,7 @@ fn decode_cursor(c: &str) -> Result<(i64, i64), ApiError> {
 
 /// Stored detections of the caller's nodes, newest first (keyset pagination).
 #[utoipa::path(get, path = "/detections", tag = "detections", operation_id = "list_detections",
-    security(("jwt" = ["viewer"])), params(DetectionParams),
+    security(("jwt" = ["viewer"])), params(export::FormatParam, DetectionParams),
     responses(
         (status = 200, description = "one page as JSON, or every matching row as CSV or NDJSON (`format=`)",
             content((Page<DetectionView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
@@ -531,20 +536,16 @@ async fn list_detections(
     ListFormat(format): ListFormat,
     Query(p): Query<DetectionParams>,
 ) -> Result<Response, ApiError> {
-    let limit = match p.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| ApiError::BadRequest(format!("limit={l:?} must be 1..={MAX_PAGE}")))?,
-    };
+    let limit = export::page_limit(p.limit, format);
     let min_score = match p.min_score.as_deref() {
         None => None,
         Some(s) => Some(
-            s.parse::<f32>()
+            // Checked as f64 before narrowing: -5e-324 and 1.0000000001
+            // are out of range even though they round into it as f32.
+            s.parse::<f64>()
                 .ok()
                 .filter(|v| (0.0..=1.0).contains(v))
+                .map(|v| v as f32)
                 .ok_or_else(|| {
                     ApiError::BadRequest(format!("min_score={s:?} must be a number in [0, 1]"))
                 })?,
@@ -566,11 +567,7 @@ async fn list_detections(
             .map(|v| parse_time("until", v))
             .transpose()?,
         min_score,
-        limit: if format == Format::Json {
-            limit
-        } else {
-            MAX_PAGE
-        },
+        limit,
         after: None,
     };
     let fetch = move |cursor: Option<String>| -> PageFuture<DetectionView> {
@@ -643,21 +640,57 @@ async fn summary(
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct TimeseriesParams {
-    /// Bucket width: a whole number of seconds like `1m`, `5m`, `1h` (default `1m`).
+    /// Bucket width: a whole number of seconds (`90`, `90s`), minutes
+    /// (`5m`), hours (`1h`) or days (`1d`); default `1m`.
+    #[param(pattern = r"^[1-9][0-9]{0,5}[smhd]?$")]
     bucket: Option<String>,
-    /// `label` (default), `camera` or `zone`.
-    by: Option<String>,
-    /// RFC 3339; default an hour before `until`.
+    /// What the counts are grouped by (default `label`).
+    #[param(inline)]
+    by: Option<TimeseriesBy>,
+    /// RFC 3339; default an hour before `until`; must be before `until`.
+    #[param(value_type = Option<DateTime<Utc>>)]
     since: Option<String>,
     /// RFC 3339; default now.
+    #[param(value_type = Option<DateTime<Utc>>)]
     until: Option<String>,
+}
+
+/// `?by=` of `GET /api/v1/stats/timeseries`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeseriesBy {
+    #[default]
+    Label,
+    Camera,
+    Zone,
+}
+
+/// Seconds in a `bucket=` of exactly the documented grammar
+/// (`^[1-9][0-9]{0,5}[smhd]?$`): digits without a leading zero, then an
+/// optional unit.
+fn bucket_seconds(v: &str) -> Option<i64> {
+    let digits = v.trim_end_matches(['s', 'm', 'h', 'd']);
+    let unit = &v[digits.len()..];
+    let ok = (1..=6).contains(&digits.len())
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && unit.len() <= 1;
+    let n: i64 = digits.parse().ok().filter(|_| ok)?;
+    Some(
+        n * match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => 86_400,
+        },
+    )
 }
 
 /// `GET /api/v1/stats/timeseries`
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Timeseries {
     pub bucket_s: i64,
-    pub by: String,
+    pub by: TimeseriesBy,
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
     pub points: Vec<TimeseriesPoint>,
@@ -680,26 +713,13 @@ async fn timeseries(
     Query(p): Query<TimeseriesParams>,
 ) -> Result<Json<Timeseries>, ApiError> {
     let bucket_raw = p.bucket.as_deref().unwrap_or("1m");
-    let bucket = bucket_raw
-        .parse::<edgeqi_shared::config::HumanDuration>()
-        .ok()
-        .map(|d| d.0)
-        .filter(|d| d.as_secs() >= 1 && d.subsec_nanos() == 0)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "bucket={bucket_raw:?} must be a whole number of seconds like 1m, 5m, 1h"
-            ))
-        })?;
-    let by = match p.by.as_deref().unwrap_or("label") {
-        "label" => crate::store::TimeseriesBy::Label,
-        "camera" => crate::store::TimeseriesBy::Camera,
-        "zone" => crate::store::TimeseriesBy::Zone,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "by={other:?} must be label, camera or zone"
-            )))
-        }
-    };
+    let bucket_s = bucket_seconds(bucket_raw).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "bucket={bucket_raw:?} must be a whole number of seconds, minutes, hours or days like 90s, 5m, 1h, 1d"
+        ))
+    })?;
+    let bucket = std::time::Duration::from_secs(bucket_s.unsigned_abs());
+    let by = p.by.unwrap_or_default();
     let until = p
         .until
         .as_deref()
@@ -715,7 +735,6 @@ async fn timeseries(
     if since >= until {
         return Err(ApiError::BadRequest("since must be before until".into()));
     }
-    let bucket_s = bucket.as_secs() as i64;
     if (until - since).num_seconds() / bucket_s > MAX_BUCKETS {
         return Err(ApiError::BadRequest(format!(
             "more than {MAX_BUCKETS} buckets: use a larger bucket or a shorter window"
@@ -727,13 +746,17 @@ async fn timeseries(
             since,
             until,
             bucket,
-            by,
+            by: match by {
+                TimeseriesBy::Label => crate::store::TimeseriesBy::Label,
+                TimeseriesBy::Camera => crate::store::TimeseriesBy::Camera,
+                TimeseriesBy::Zone => crate::store::TimeseriesBy::Zone,
+            },
             node_ids: visible_nodes(&state, &who).await?,
         })
         .await?;
     Ok(Json(Timeseries {
         bucket_s,
-        by: p.by.unwrap_or_else(|| "label".into()),
+        by,
         since,
         until,
         points,
@@ -743,7 +766,7 @@ async fn timeseries(
 /// Refused payloads with their reason, newest first, of the caller's nodes
 /// (global operators also see those of no known node), a page at a time.
 #[utoipa::path(get, path = "/dead-letters", tag = "nodes", operation_id = "dead_letters",
-    security(("jwt" = ["operator"])), params(export::PageParams),
+    security(("jwt" = ["operator"])), params(export::FormatParam, export::PageParams),
     responses(
         (status = 200, description = "one page as JSON, or every row from the cursor on as CSV or NDJSON (`format=`)",
             content((Page<DeadLetter> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),

@@ -179,7 +179,11 @@ pub fn document(raw: &OpenApiDoc) -> Value {
     components["responses"] = json!({
         "Error": error_response("An error; `code` says which."),
         "Unauthorized": error_response("No token, or one that is unknown, expired or malformed."),
-        "Forbidden": error_response("The caller's role is below the one this route needs.")
+        "Forbidden": error_response("The caller's role is below the one this route needs."),
+        "BadRequest": error_response("A path segment, query parameter or the body is malformed; the message names it."),
+        "TooLarge": error_response("The body is over the limit (256 KiB for JSON)."),
+        "UnsupportedMediaType": error_response("The body is not of the documented content type (send Content-Type: application/json)."),
+        "Unavailable": error_response("The database is unreachable; retry later.")
     });
     doc
 }
@@ -195,6 +199,7 @@ fn error_response(description: &str) -> Value {
 /// query-string token only for reads, see `auth::bearer`) and the answers
 /// every protected (or every) route can give.
 fn complete_operation(op: &mut Value, read: bool) {
+    let is_document = op["operationId"] == "openapi";
     let role = op["security"]
         .as_array()
         .and_then(|reqs| reqs.iter().find_map(|r| r.get("jwt")))
@@ -218,6 +223,32 @@ fn complete_operation(op: &mut Value, read: bool) {
         None => op["security"] = json!([]),
     }
     op["x-edgeqi-role"] = json!(role.as_deref().unwrap_or("public"));
+    // What the extractors of an operation can answer before its handler
+    // runs: axum's rejections of a path, query string or body that does not
+    // parse (400), and for a JSON body one over the limit (413) or of
+    // another content type (415); and every operation but this document
+    // reads the database (503 while it is unreachable).
+    let has_params = op["parameters"].as_array().is_some_and(|p| !p.is_empty());
+    let body = op.get("requestBody").cloned();
+    let responses = &mut op["responses"];
+    let mut add = |status: &str, name: &str| {
+        if responses.get(status).is_none() {
+            responses[status] = json!({"$ref": format!("#/components/responses/{name}")});
+        }
+    };
+    if has_params || body.is_some() {
+        add("400", "BadRequest");
+    }
+    if body
+        .as_ref()
+        .is_some_and(|b| b["content"].get("application/json").is_some())
+    {
+        add("413", "TooLarge");
+        add("415", "UnsupportedMediaType");
+    }
+    if !is_document {
+        add("503", "Unavailable");
+    }
     op["responses"]["default"] = json!({"$ref": "#/components/responses/Error"});
 }
 

@@ -26,13 +26,17 @@ pub const MAX_EXPORT: usize = 10_000;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewRequest {
-    /// `confirmed`, `relabeled` or `rejected`.
+    #[schema(value_type = Verdict)]
     verdict: String,
-    /// The right label of a relabeled detection.
+    /// The right label of a relabeled detection (only with `relabeled`).
+    #[schema(min_length = 1, max_length = 64)]
     label: Option<String>,
-    /// Every object of a relabeled report, as it should be (labels and boxes in photo pixels).
+    /// Every object of a relabeled report, as it should be (labels and boxes
+    /// in photo pixels; only with `relabeled`).
+    #[schema(max_items = 1000)]
     objects: Option<Vec<ReviewedObject>>,
     /// At most 2000 characters.
+    #[schema(max_length = 2000)]
     note: Option<String>,
 }
 
@@ -181,7 +185,7 @@ pub async fn review_detection(
 /// Confirms, relabels (with the full corrected object list) or rejects a
 /// citizen report's detections (operator). Audited.
 #[utoipa::path(post, path = "/reports/{id}/review", tag = "reviews", operation_id = "review_report",
-    security(("jwt" = ["operator"])), params(("id" = String, Path, description = "report id (`rpt_…`)")),
+    security(("jwt" = ["operator"])), params(("id" = String, Path, description = "report id (`rpt_…`)", pattern = r"^rpt_[0-9a-f]{1,60}$")),
     request_body = ReviewRequest,
     responses(
         (status = 200, body = Review),
@@ -253,12 +257,12 @@ pub async fn review_report(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReviewParams {
-    /// `detection` or `report`.
-    kind: Option<String>,
-    /// `confirmed`, `relabeled` or `rejected`.
-    verdict: Option<String>,
-    /// 1..=1000, default 100.
-    limit: Option<usize>,
+    #[param(inline)]
+    kind: Option<SubjectKind>,
+    #[param(inline)]
+    verdict: Option<Verdict>,
+    #[param(inline)]
+    limit: Option<super::export::PageLimit>,
     /// `next_cursor` of the previous page.
     cursor: Option<i64>,
 }
@@ -268,38 +272,22 @@ async fn filter_for(
     who: &Principal,
     p: &ReviewParams,
 ) -> Result<ReviewFilter, ApiError> {
-    let kind = match p.kind.as_deref() {
-        None => None,
-        Some("detection") => Some(SubjectKind::Detection),
-        Some("report") => Some(SubjectKind::Report),
-        Some(o) => {
-            return Err(ApiError::BadRequest(format!(
-                "kind={o:?} must be detection or report"
-            )))
-        }
-    };
-    let verdict = p
-        .verdict
-        .as_deref()
-        .map(Verdict::parse)
-        .transpose()
-        .map_err(ApiError::BadRequest)?;
     let tenant = match who.tenant_id {
         None => None,
         Some(t) => Some((t, visible_nodes(state, who).await?.unwrap_or_default())),
     };
     Ok(ReviewFilter {
         tenant,
-        kind,
-        verdict,
-        limit: p.limit.unwrap_or(100).clamp(1, 1000),
+        kind: p.kind,
+        verdict: p.verdict,
+        limit: super::export::page_limit(p.limit, super::export::Format::Json),
         before_id: p.cursor,
     })
 }
 
 /// Reviews of the caller's tenant, newest first.
 #[utoipa::path(get, path = "/reviews", tag = "reviews", operation_id = "list_reviews",
-    security(("jwt" = ["viewer"])), params(ReviewParams),
+    security(("jwt" = ["viewer"])), params(super::export::FormatParam, ReviewParams),
     responses(
         (status = 200, description = "one page as JSON, or every matching review as CSV or NDJSON (`format=`)",
             content((Page<Review> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
@@ -354,8 +342,8 @@ pub async fn list(
 #[utoipa::path(get, path = "/reviews/export.zip", tag = "reviews", operation_id = "export_reviews",
     security(("jwt" = ["operator"])),
     params(
-        ("kind" = Option<String>, Query, description = "`detection` or `report`"),
-        ("verdict" = Option<String>, Query, description = "`confirmed` or `relabeled`"),
+        ("kind" = inline(Option<SubjectKind>), Query, description = "only reviews of detections or of reports"),
+        ("verdict" = inline(Option<Verdict>), Query, description = "only this verdict (rejected subjects are never exported)"),
     ),
     responses((status = 200, content_type = "application/zip", body = Binary)))]
 pub async fn export(

@@ -199,6 +199,85 @@ async fn detections_page_through_with_cursors() {
     assert_eq!(body["ledger"][0]["acked_seq"], 3);
 }
 
+/// The document's ranges, enums and patterns are what the handlers take:
+/// a value outside them is refused (not clamped or ignored), one inside is
+/// served (tests/schemathesis.rs checks the whole document this way).
+#[tokio::test]
+async fn parameters_outside_the_document_are_refused_and_inside_it_served() {
+    let f = fixture();
+    for uri in [
+        "/api/v1/nodes?limit=0",
+        "/api/v1/nodes?limit=1001",
+        "/api/v1/users?limit=",
+        "/api/v1/audit?limit=18446744073709551616",
+        "/api/v1/alerts?limit=0",
+        "/api/v1/alerts?rule_id=0",
+        "/api/v1/webhooks/deliveries?status=lost",
+        "/api/v1/events?kind=vanished",
+        "/api/v1/events?limit=5000",
+        "/api/v1/incidents?status=",
+        "/api/v1/reviews?kind=",
+        "/api/v1/reviews?verdict=maybe",
+        "/api/v1/reviews/export.zip?kind=photo",
+        "/api/v1/stats/timeseries?by=",
+        "/api/v1/stats/timeseries?bucket=",
+        "/api/v1/stats/timeseries?bucket=1.5m",
+        "/api/v1/stats/timeseries?bucket=0s",
+        "/api/v1/stats/timeseries?bucket=05m",
+        "/api/v1/stats/timeseries?bucket=5ms",
+        "/api/v1/detections?min_score=-5e-324",
+        "/api/v1/detections?min_score=1.0000000001",
+        "/api/v1/events/e1/snapshot?view=huge",
+    ] {
+        let (status, body) = get(&f.state, uri, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{uri}");
+    }
+    for uri in [
+        "/api/v1/nodes?limit=1",
+        "/api/v1/nodes?limit=1000",
+        "/api/v1/alerts?rule_id=7&limit=1000",
+        "/api/v1/webhooks/deliveries?status=failed",
+        "/api/v1/events?kind=line_crossed",
+        "/api/v1/incidents?status=in_progress",
+        "/api/v1/reviews?kind=report&verdict=relabeled",
+        "/api/v1/stats/timeseries?by=zone&bucket=90",
+        "/api/v1/detections?min_score=0&limit=1",
+    ] {
+        let (status, body) = get(&f.state, uri, None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    }
+    let (_, ts) = get(&f.state, "/api/v1/stats/timeseries?bucket=2h", None).await;
+    assert_eq!(ts["bucket_s"], 7200);
+    assert_eq!(ts["by"], "label");
+    let (status, _) = get(&f.state, "/api/v1/nodes/no%20such%20id/ledger", None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a node id the pattern refuses"
+    );
+    // A tenant name counts characters (not bytes) and is not blank.
+    let long = "é".repeat(128);
+    let (status, body) = send(
+        &f.state,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": long})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = send(
+        &f.state,
+        "POST",
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(serde_json::json!({"name": " \t "})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
 #[tokio::test]
 async fn bad_parameters_get_json_errors() {
     let f = fixture();

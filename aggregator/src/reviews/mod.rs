@@ -104,7 +104,10 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewedObject {
+    #[schema(min_length = 1, max_length = 64)]
     pub label: String,
+    /// `[x1, y1, x2, y2]` in pixels, x1 < x2 and y1 < y2.
+    #[schema(min_items = 4, max_items = 4)]
     pub bbox: [f32; 4],
 }
 
