@@ -235,7 +235,7 @@ impl AlertStore {
         spec: RuleSpec,
     ) -> StoreResult<Option<(StoredRule, StoredRule)>> {
         self.with(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let Some(before) = get_rule(&tx, id)? else {
                 return Ok(None);
             };
@@ -370,7 +370,7 @@ impl AlertStore {
     ) -> StoreResult<()> {
         let status = status.to_owned();
         self.with(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, started_ms, duration_ms, status_code, error, outcome)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

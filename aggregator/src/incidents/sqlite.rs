@@ -144,7 +144,7 @@ impl IncidentStore for SqliteIncidents {
         sla: Sla,
     ) -> StoreResult<(Incident, bool)> {
         self.with(move |c| {
-            let tx = c.transaction().map_err(StoreError::from)?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StoreError::from)?;
             let now = Utc::now();
             let since = (now - window.within).timestamp_millis();
             // Candidates by index (tenant, category, open, recent); distance checked here.
@@ -236,7 +236,7 @@ impl IncidentStore for SqliteIncidents {
     ) -> Result<(Incident, Incident), IncidentError> {
         let author = author.to_owned();
         self.with(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before = get_incident(&tx, id)?.ok_or(IncidentError::NotFound(id))?;
             let now_ms = Utc::now().timestamp_millis();
             if let Some(next) = change.status {

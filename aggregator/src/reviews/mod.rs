@@ -196,7 +196,7 @@ impl ReviewStore {
     pub async fn record(&self, new: NewReview) -> StoreResult<(Option<Review>, Review)> {
         self.db
             .with(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let get = |tx: &rusqlite::Transaction<'_>| {
                     tx.query_row(
                         "SELECT * FROM reviews WHERE kind = ?1 AND subject = ?2",
