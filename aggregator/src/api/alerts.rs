@@ -24,6 +24,7 @@ pub struct ListParams {
     #[param(inline)]
     limit: Option<super::export::PageLimit>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Only this rule's.
     #[param(minimum = 1)]

@@ -21,6 +21,7 @@ pub struct EventParams {
     #[param(inline)]
     limit: Option<super::export::PageLimit>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 

@@ -210,6 +210,7 @@ pub struct PageParams {
     #[param(inline)]
     pub limit: Option<PageLimit>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
 }
 

@@ -127,6 +127,7 @@ pub struct ListParams {
     #[param(inline)]
     limit: Option<super::export::PageLimit>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -359,17 +360,22 @@ fn coordinate(name: &str, v: Option<&str>, limit: f64) -> Result<f64, ApiError> 
 }
 
 /// The form of `POST /api/v1/reports`.
-#[derive(Debug, utoipa::ToSchema)]
+/// Unknown fields are refused (422), hence closed.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // describes the multipart form for the document only
 pub struct ReportUpload {
     /// A JPEG or PNG photo, at most 10 MiB.
     #[schema(value_type = String, format = Binary)]
     photo: Vec<u8>,
     /// Latitude in [-90, 90].
+    #[schema(minimum = -90.0, maximum = 90.0)]
     lat: f64,
     /// Longitude in [-180, 180].
+    #[schema(minimum = -180.0, maximum = 180.0)]
     lng: f64,
     /// At most 2000 characters.
+    #[schema(max_length = 2000)]
     notes: Option<String>,
     /// The tenant (city, district) the report is for: the id of an existing
     /// tenant. Without it (or empty) the report goes to the aggregator's

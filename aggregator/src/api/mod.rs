@@ -497,6 +497,7 @@ struct DetectionParams {
     #[param(inline)]
     limit: Option<export::PageLimit>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
