@@ -253,12 +253,11 @@ fn check_file(path: &Path) -> Result<(), OutboxError> {
         }
     };
     if !meta.is_file() {
+        // `metadata` follows links: a link to a regular file is fine.
         let kind = if meta.is_dir() {
             "directory"
-        } else if meta.file_type().is_symlink() {
-            "symbolic link"
         } else {
-            "special file"
+            "special file (socket, pipe or device)"
         };
         return Err(OutboxError::NotAFile {
             path: path.to_owned(),
