@@ -37,9 +37,9 @@ fps = 30
 fn batch(node: &str, seq: u64) -> Vec<u8> {
     json!({
         "v": 1, "node_id": node, "epoch": "hand-1", "seq": seq,
-        "sent_at": "2026-11-23T10:00:00.123Z",
+        "sent_at": chrono::Utc::now(),
         "detections": [{
-            "ts": "2026-11-23T10:00:01.100Z",
+            "ts": chrono::Utc::now(),
             "camera_id": "north", "class_id": 5, "label": "bus", "score": 0.81,
             "bbox": [34.0, 233.0, 798.0, 766.0], "track_id": 17, "zone": null
         }]

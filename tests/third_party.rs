@@ -7,15 +7,23 @@ use anyhow::{ensure, Result};
 use edgeqi_e2e::{mosquitto_pub, wait_for, Agent, Aggregator, LiveFeed, Mosquitto};
 use serde_json::{json, Value};
 
-/// A valid timestamp `n` seconds after 10:00.
+/// The start of the hour before this one: what the aggregator accepts
+/// (ingest refuses timestamps far from its clock).
+fn hour() -> String {
+    (chrono::Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H")
+        .to_string()
+}
+
+/// A valid timestamp `n` seconds into [`hour`].
 fn clock(n: u64) -> String {
-    format!("2026-11-23T10:{:02}:{:02}.100Z", (n / 60) % 60, n % 60)
+    format!("{}:{:02}:{:02}.100Z", hour(), (n / 60) % 60, n % 60)
 }
 
 fn batch(node: &str, seq: u64, labels: &[&str]) -> Value {
     json!({
         "v": 1, "node_id": node, "epoch": "hand-1", "seq": seq,
-        "sent_at": "2026-11-23T10:00:00.123Z",
+        "sent_at": format!("{}:00:00.123Z", hour()),
         "detections": labels.iter().enumerate().map(|(i, l)| json!({
             "ts": clock(seq * 2 + i as u64),
             "camera_id": "north", "class_id": 5, "label": l, "score": 0.81,

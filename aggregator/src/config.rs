@@ -46,6 +46,14 @@ const fn default_retention_interval() -> Duration {
 const fn default_ingest_group_max_detections() -> usize {
     50_000
 }
+/// An agent offline for months still delivers what its outbox kept.
+const fn default_ingest_max_age() -> Duration {
+    Duration::from_secs(365 * 86_400)
+}
+/// NTP keeps clocks within milliseconds; minutes cover a box that is still syncing.
+const fn default_ingest_max_clock_skew() -> Duration {
+    Duration::from_secs(10 * 60)
+}
 
 /// Where MQTT traffic comes from.
 #[derive(Clone, PartialEq, Eq)]
@@ -123,6 +131,11 @@ pub struct AggregatorConfig {
     pub retention_interval: Duration,
     /// Group commit: the most detections stored in one transaction.
     pub ingest_group_max_detections: usize,
+    /// Payload timestamps older than this are refused (`ingest.max_age`).
+    pub ingest_max_age: Duration,
+    /// Payload timestamps further ahead of our clock than this are refused
+    /// (`ingest.max_clock_skew`).
+    pub ingest_max_clock_skew: Duration,
     /// Alert evaluator queue and webhook sending (`[alerts]`).
     pub alerts: crate::alerts::AlertSettings,
     /// Tenant of citizen reports that name none (`reports.default_tenant_id`;
@@ -158,6 +171,8 @@ impl std::fmt::Debug for AggregatorConfig {
                 "ingest_group_max_detections",
                 &self.ingest_group_max_detections,
             )
+            .field("ingest_max_age", &self.ingest_max_age)
+            .field("ingest_max_clock_skew", &self.ingest_max_clock_skew)
             .field("alerts", &self.alerts)
             .field("reports_default_tenant", &self.reports_default_tenant)
             .field("photo_limits", &self.photo_limits)
@@ -319,6 +334,21 @@ impl AggregatorConfig {
                 }
             })
             .unwrap_or(default_ingest_group_max_detections());
+        let ingest_max_age = doc
+            .get_checked::<HumanDuration>("ingest.max_age", |d| {
+                if d.0 >= Duration::from_secs(3600) {
+                    Ok(())
+                } else {
+                    Err(
+                        "must be at least 1h (agents deliver what they buffered while offline)"
+                            .into(),
+                    )
+                }
+            })
+            .map_or(default_ingest_max_age(), |d| d.0);
+        let ingest_max_clock_skew = doc
+            .get::<HumanDuration>("ingest.max_clock_skew")
+            .map_or(default_ingest_max_clock_skew(), |d| d.0);
         let mqtt_client_id = doc
             .get_checked::<String>("mqtt.client_id", |s| {
                 if edgeqi_shared::topic::is_valid_node_id(s) {
@@ -533,6 +563,8 @@ impl AggregatorConfig {
             retention,
             retention_interval,
             ingest_group_max_detections,
+            ingest_max_age,
+            ingest_max_clock_skew,
             alerts,
             reports_default_tenant,
             photo_limits,

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgeqi_shared::protocol::{decode, encode};
+use edgeqi_shared::protocol::{decode_within, encode, TimeWindow};
 use edgeqi_shared::topic::is_valid_node_id;
 use edgeqi_shared::{
     Ack, DetectionBatch, Heartbeat, MqttEndpoint, NodeStatus, RejectReason, Topic, TopicKind,
 };
+use futures_util::future::BoxFuture;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
 use tokio::sync::{mpsc, watch};
 
@@ -29,6 +30,10 @@ pub struct IngestSettings {
     pub max_packet_size: usize,
     /// Group commit: the most detections stored in one transaction.
     pub group_max_detections: usize,
+    /// Timestamps older than this (by the aggregator's clock) are refused.
+    pub max_age: Duration,
+    /// Timestamps further than this ahead of the aggregator's clock are refused.
+    pub max_clock_skew: Duration,
     /// Where tracker events and snapshots go (`None`: they are dead-lettered).
     pub events: Option<crate::events::EventStore>,
     /// Where committed detections and events go for alert rules (`None`: no alerting).
@@ -98,6 +103,8 @@ pub async fn run(
         live,
         max_payload: settings.max_packet_size,
         group_max_detections: settings.group_max_detections.max(1),
+        max_age: settings.max_age,
+        max_clock_skew: settings.max_clock_skew,
         health: health.clone(),
         events: settings.events.clone(),
         alerts: settings.alerts.clone(),
@@ -173,6 +180,8 @@ struct Worker {
     live: LiveBus,
     max_payload: usize,
     group_max_detections: usize,
+    max_age: Duration,
+    max_clock_skew: Duration,
     health: Arc<IngestHealth>,
     events: Option<crate::events::EventStore>,
     alerts: Option<crate::alerts::AlertFeed>,
@@ -220,10 +229,13 @@ impl Worker {
         }
     }
 
-    /// Retries a storage call until it succeeds. Storage failures never drop
-    /// data: nothing is acknowledged meanwhile, so agents keep their outbox
-    /// and the broker keeps its copy.
-    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> T
+    /// Runs a storage call until it succeeds or the database refuses the
+    /// data. Errors of the database itself (connection, disk full, timeout)
+    /// are retried with backoff and never drop data: nothing is acknowledged
+    /// meanwhile, so agents keep their outbox and the broker keeps its copy.
+    /// A refusal (the data, not the database) comes back at once, for the
+    /// caller to dead-letter that payload alone.
+    async fn store<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -235,8 +247,9 @@ impl Worker {
                     if self.health.store_failing.swap(false, Ordering::Relaxed) {
                         tracing::info!("storage is back; acknowledging again");
                     }
-                    return v;
+                    return Ok(v);
                 }
+                Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
                     self.health.store_failing.store(true, Ordering::Relaxed);
                     metrics::counter!("edgeqi_ingest_store_errors_total").increment(1);
@@ -248,16 +261,81 @@ impl Worker {
         }
     }
 
+    /// Stores `items` in as few calls of `f` as possible. When the database
+    /// refuses a call, the items are halved until each refused one is alone,
+    /// so one hostile payload costs a few extra transactions and never holds
+    /// back the rest of the group. Returns, in item order, each stored range
+    /// with its result and each refused item (a range of one) with the refusal.
+    async fn store_isolating<T, R>(
+        &self,
+        what: &str,
+        items: &[T],
+        f: impl for<'a> Fn(&'a [T]) -> BoxFuture<'a, Result<R, StoreError>>,
+    ) -> Vec<(std::ops::Range<usize>, Result<R, StoreError>)> {
+        let mut done = Vec::new();
+        let mut todo = vec![0..items.len()];
+        while let Some(range) = todo.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            match self.store(what, || f(&items[range.clone()])).await {
+                Err(e) if range.len() > 1 => {
+                    tracing::debug!(error = %e, what, items = range.len(), "group refused; isolating the payload");
+                    let mid = range.start + range.len() / 2;
+                    // Pushed last, popped first: results stay in item order.
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+                result => done.push((range, result)),
+            }
+        }
+        done
+    }
+
+    /// Keeps a refused payload in the dead-letter table with its reason.
+    async fn reject(&self, p: &Publish, node_id: Option<&str>, reason: &RejectReason) {
+        tracing::warn!(topic = %p.topic, node_id, reason = reason.code(), detail = %reason, bytes = p.payload.len(), "payload rejected");
+        metrics::counter!("edgeqi_ingest_rejected_total", "reason" => reason.code()).increment(1);
+        let detail = reason.to_string();
+        let stored = self
+            .store("dead letter", || {
+                self.store
+                    .dead_letter(&p.topic, node_id, reason.code(), &detail, &p.payload)
+            })
+            .await;
+        if let Err(e) = stored {
+            // Even the dead-letter row was refused (text the database cannot
+            // hold): the log line above is all that is left of it.
+            metrics::counter!("edgeqi_ingest_dead_letters_refused_total").increment(1);
+            tracing::error!(topic = %p.topic.escape_debug(), error = %e, "cannot keep the rejected payload as a dead letter; dropped");
+        }
+    }
+
     async fn handle_group(&self, group: &[Publish]) {
+        let window = TimeWindow::around(chrono::Utc::now(), self.max_age, self.max_clock_skew);
         let mut batches = Vec::new();
+        let mut batch_sources = Vec::new();
         let mut heartbeats = Vec::new();
+        let mut heartbeat_sources = Vec::new();
         for p in group {
-            match self.classify(p) {
-                Item::Batch(b) => batches.push(b),
-                Item::Heartbeat(hb) => heartbeats.push(hb),
+            match self.classify(p, &window) {
+                Item::Batch(b) => {
+                    batches.push(b);
+                    batch_sources.push(p);
+                }
+                Item::Heartbeat(hb) => {
+                    heartbeats.push(hb);
+                    heartbeat_sources.push(p);
+                }
                 Item::Status(st) => {
-                    self.retry("node status", || self.store.record_status(&st))
-                        .await;
+                    if let Err(e) = self
+                        .store("node status", || self.store.record_status(&st))
+                        .await
+                    {
+                        let reason = RejectReason::StoreRefused(e.to_string());
+                        self.reject(p, Some(&st.node_id), &reason).await;
+                        continue;
+                    }
                     tracing::info!(node_id = %st.node_id, online = st.online, "node status");
                     self.live.send(LiveEvent::NodeStatus(NodeStatusEvent {
                         node_id: st.node_id,
@@ -266,26 +344,19 @@ impl Worker {
                     }));
                 }
                 Item::Reject { node_id, reason } => {
-                    tracing::warn!(topic = %p.topic, reason = reason.code(), detail = %reason, bytes = p.payload.len(), "payload rejected");
-                    metrics::counter!("edgeqi_ingest_rejected_total", "reason" => reason.code())
-                        .increment(1);
-                    let detail = reason.to_string();
-                    self.retry("dead letter", || {
-                        self.store.dead_letter(
-                            &p.topic,
-                            node_id.as_deref(),
-                            reason.code(),
-                            &detail,
-                            &p.payload,
-                        )
-                    })
-                    .await;
+                    self.reject(p, node_id.as_deref(), &reason).await;
                 }
                 Item::Events(batch) => {
                     if let Some(events) = &self.events {
                         let n = batch.events.len() as u64;
-                        self.retry("track events", || events.record_events(batch.clone()))
-                            .await;
+                        if let Err(e) = self
+                            .store("track events", || events.record_events(batch.clone()))
+                            .await
+                        {
+                            let reason = RejectReason::StoreRefused(e.to_string());
+                            self.reject(p, Some(&batch.node_id), &reason).await;
+                            continue;
+                        }
                         metrics::counter!("edgeqi_ingest_track_events_total").increment(n);
                         // Stored: now alert rules may see them.
                         if let Some(feed) = self.alerts.as_ref().filter(|f| f.wants()) {
@@ -298,22 +369,13 @@ impl Worker {
                 }
                 Item::Snapshot(snap) => {
                     if let Some(events) = &self.events {
-                        let (node_id, track) = (snap.node_id.clone(), snap.track_key.clone());
-                        if let Err(why) = events.record_snapshot(*snap).await {
-                            let reason = RejectReason::InvalidField(why);
-                            tracing::warn!(%node_id, %track, detail = %reason, "snapshot rejected");
-                            metrics::counter!("edgeqi_ingest_rejected_total", "reason" => reason.code()).increment(1);
-                            let detail = reason.to_string();
-                            self.retry("dead letter", || {
-                                self.store.dead_letter(
-                                    &p.topic,
-                                    Some(&node_id),
-                                    reason.code(),
-                                    &detail,
-                                    &p.payload,
-                                )
-                            })
-                            .await;
+                        let node_id = snap.node_id.clone();
+                        if let Err(e) = self
+                            .store("snapshot", || events.record_snapshot(&snap))
+                            .await
+                        {
+                            let reason = RejectReason::StoreRefused(e.to_string());
+                            self.reject(p, Some(&node_id), &reason).await;
                         }
                     }
                 }
@@ -321,13 +383,31 @@ impl Worker {
             }
         }
         if !heartbeats.is_empty() {
-            self.retry("heartbeats", || self.store.record_heartbeats(&heartbeats))
+            let store = &self.store;
+            let stored = self
+                .store_isolating("heartbeats", &heartbeats, |hbs| {
+                    let store = store.clone();
+                    Box::pin(async move { store.record_heartbeats(hbs).await })
+                })
                 .await;
-            metrics::counter!("edgeqi_ingest_heartbeats_total").increment(heartbeats.len() as u64);
-            if self.live.is_watched() {
-                for hb in &heartbeats {
-                    if let Ok(v) = serde_json::to_value(hb) {
-                        self.live.send(LiveEvent::Heartbeat(v));
+            for (range, result) in stored {
+                let hbs = &heartbeats[range.clone()];
+                if let Err(e) = result {
+                    let reason = RejectReason::StoreRefused(e.to_string());
+                    self.reject(
+                        heartbeat_sources[range.start],
+                        Some(&hbs[0].node_id),
+                        &reason,
+                    )
+                    .await;
+                    continue;
+                }
+                metrics::counter!("edgeqi_ingest_heartbeats_total").increment(hbs.len() as u64);
+                if self.live.is_watched() {
+                    for hb in hbs {
+                        if let Ok(v) = serde_json::to_value(hb) {
+                            self.live.send(LiveEvent::Heartbeat(v));
+                        }
                     }
                 }
             }
@@ -346,17 +426,37 @@ impl Worker {
                 end += 1;
             }
             let chunk = &batches[start..end];
-            let outcomes = self
-                .retry("detection batches", || self.store.ingest_batches(chunk))
+            let store = &self.store;
+            let stored = self
+                .store_isolating("detection batches", chunk, |part| {
+                    let store = store.clone();
+                    Box::pin(async move { store.ingest_batches(part).await })
+                })
                 .await;
-            self.acknowledge(chunk, outcomes).await;
+            for (range, result) in stored {
+                match result {
+                    Ok(outcomes) => self.acknowledge(&chunk[range], outcomes).await,
+                    Err(e) => {
+                        // Not acknowledged end to end: the ledger shows the
+                        // hole, the dead letter says why.
+                        let reason = RejectReason::StoreRefused(e.to_string());
+                        let batch = &chunk[range.start];
+                        self.reject(
+                            batch_sources[start + range.start],
+                            Some(&batch.node_id),
+                            &reason,
+                        )
+                        .await;
+                    }
+                }
+            }
             start = end;
         }
     }
 
-    fn classify(&self, p: &Publish) -> Item {
+    fn classify(&self, p: &Publish, window: &TimeWindow) -> Item {
         if let Some((node_id, kind)) = edgeqi_shared::topic::AnalyticsKind::parse_topic(&p.topic) {
-            return self.classify_analytics(p, node_id, kind);
+            return self.classify_analytics(p, node_id, kind, window);
         }
         let Some((node_id, kind)) = Topic::parse_lenient(&p.topic) else {
             // Outside our tree (the # filter only matches our prefix, so this
@@ -383,24 +483,30 @@ impl Worker {
         };
         match kind {
             TopicKind::Detections => {
-                match decode::<DetectionBatch>(&node_id, &p.payload, self.max_payload) {
+                match decode_within::<DetectionBatch>(
+                    &node_id,
+                    &p.payload,
+                    self.max_payload,
+                    window,
+                ) {
                     Ok(b) => Item::Batch(b),
                     Err(r) => reject(r),
                 }
             }
             TopicKind::Heartbeat => {
-                match decode::<Heartbeat>(&node_id, &p.payload, self.max_payload) {
+                match decode_within::<Heartbeat>(&node_id, &p.payload, self.max_payload, window) {
                     Ok(hb) => Item::Heartbeat(hb),
                     Err(r) => reject(r),
                 }
             }
             // An empty retained payload clears the retained status: not an error.
             TopicKind::Status if p.payload.is_empty() => Item::Ignore,
-            TopicKind::Status => match decode::<NodeStatus>(&node_id, &p.payload, self.max_payload)
-            {
-                Ok(st) => Item::Status(st),
-                Err(r) => reject(r),
-            },
+            TopicKind::Status => {
+                match decode_within::<NodeStatus>(&node_id, &p.payload, self.max_payload, window) {
+                    Ok(st) => Item::Status(st),
+                    Err(r) => reject(r),
+                }
+            }
             TopicKind::Ack | TopicKind::Config => Item::Ignore,
         }
     }
@@ -411,6 +517,7 @@ impl Worker {
         p: &Publish,
         node_id: String,
         kind: edgeqi_shared::topic::AnalyticsKind,
+        window: &TimeWindow,
     ) -> Item {
         use edgeqi_shared::protocol::{EventBatch, Snapshot};
         use edgeqi_shared::topic::AnalyticsKind;
@@ -423,13 +530,13 @@ impl Worker {
         }
         match kind {
             AnalyticsKind::Events => {
-                match decode::<EventBatch>(&node_id, &p.payload, self.max_payload) {
+                match decode_within::<EventBatch>(&node_id, &p.payload, self.max_payload, window) {
                     Ok(b) => Item::Events(b),
                     Err(r) => reject(r),
                 }
             }
             AnalyticsKind::Snapshots => {
-                match decode::<Snapshot>(&node_id, &p.payload, self.max_payload) {
+                match decode_within::<Snapshot>(&node_id, &p.payload, self.max_payload, window) {
                     Ok(s) => Item::Snapshot(Box::new(s)),
                     Err(r) => reject(r),
                 }
@@ -545,3 +652,7 @@ pub async fn sweep_nodes(
         metrics::gauge!("edgeqi_nodes_online").set(online_count as f64);
     }
 }
+
+#[cfg(test)]
+#[path = "ingest_tests.rs"]
+mod tests;

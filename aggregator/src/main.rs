@@ -259,6 +259,8 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
         keep_alive: config.mqtt_keep_alive,
         max_packet_size: config.max_packet_size,
         group_max_detections: config.ingest_group_max_detections,
+        max_age: config.ingest_max_age,
+        max_clock_skew: config.ingest_max_clock_skew,
         events: Some(events.clone()),
         alerts: Some(alerts.feed()),
         registry: Some(registry.clone()),

@@ -259,6 +259,23 @@ impl FromStr for HumanDuration {
     }
 }
 
+/// Written back in the largest unit that keeps it whole (`10m`, `36h`, `1500ms`).
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        let secs = self.0.as_secs();
+        if ms % 1000 != 0 {
+            return write!(f, "{ms}ms");
+        }
+        for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+            if secs >= n && secs % n == 0 {
+                return write!(f, "{}{unit}", secs / n);
+            }
+        }
+        write!(f, "{secs}s")
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

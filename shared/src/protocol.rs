@@ -21,6 +21,22 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 pub const MAX_DETECTIONS_PER_BATCH: usize = 1000;
 /// Ids and labels are short identifiers, not free text.
 pub const MAX_ID_LEN: usize = 64;
+/// The largest seq, track id or count a node may send: both stores keep them
+/// as signed 64-bit integers, so anything above would pass decoding and then
+/// fail in the database on every retry.
+pub const MAX_STORED_INTEGER: u64 = i64::MAX as u64;
+/// The most detections of one class one camera (and zone) can report in one
+/// minute: 100 frames a second, 60 seconds, [`MAX_DETECTIONS_PER_BATCH`]
+/// objects in every frame. A compacted count above this is not something a
+/// camera saw.
+pub const MAX_COUNT_PER_MINUTE: u64 = 100 * 60 * MAX_DETECTIONS_PER_BATCH as u64;
+/// The most crossings one line can count per second of counting (a busy
+/// crossing sees a few); bounds the cumulative `line_counts`.
+pub const MAX_LINE_CROSSINGS_PER_SECOND: u64 = 1000;
+/// Cameras one node may report in a heartbeat.
+pub const MAX_CAMERAS_PER_NODE: usize = 256;
+/// Free text a node sends (a camera's `last_error`, a config rejection).
+pub const MAX_TEXT_LEN: usize = 1024;
 
 /// One object seen in one frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,6 +404,10 @@ pub enum RejectReason {
     InvalidField(String),
     #[error("topic {0:?} is not an EdgeQI v1 topic with a valid node id")]
     BadTopic(String),
+    /// Valid by every check above, but the database refused to store it
+    /// (it would refuse it again on every retry).
+    #[error("the database refused to store it: {0}")]
+    StoreRefused(String),
 }
 
 impl RejectReason {
@@ -400,15 +420,114 @@ impl RejectReason {
             RejectReason::NodeIdMismatch { .. } => "node_id_mismatch",
             RejectReason::InvalidField(_) => "invalid_field",
             RejectReason::BadTopic(_) => "bad_topic",
+            RejectReason::StoreRefused(_) => "store_refused",
         }
+    }
+}
+
+/// The range of timestamps a payload may carry.
+///
+/// Ingest checks every timestamp of a payload against a window around the
+/// aggregator's clock ([`TimeWindow::around`]): far enough back that an agent
+/// that was offline for weeks still delivers what its outbox kept, not so far
+/// forward that a node with a wrong clock pins its rows to the top of every
+/// "newest first" list. Every window lies inside what RFC 3339 can write
+/// (years 0000–9999), so nothing accepted is ever served as an invalid
+/// date-time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    earliest: DateTime<Utc>,
+    latest: DateTime<Utc>,
+    /// What the window was made of, for the messages.
+    max_age: Option<std::time::Duration>,
+    max_skew: Option<std::time::Duration>,
+}
+
+impl TimeWindow {
+    /// Every instant RFC 3339 can write (no clock involved): what a decoder
+    /// without a clock, such as the agent's, checks.
+    pub fn rfc3339() -> Self {
+        let earliest = DateTime::<Utc>::from_naive_utc_and_offset(
+            chrono::NaiveDate::from_ymd_opt(0, 1, 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .unwrap_or_default(),
+            Utc,
+        );
+        let latest = DateTime::<Utc>::from_naive_utc_and_offset(
+            chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+                .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 999))
+                .unwrap_or_default(),
+            Utc,
+        );
+        Self {
+            earliest,
+            latest,
+            max_age: None,
+            max_skew: None,
+        }
+    }
+
+    /// From `max_age` before `now` to `max_skew` after it.
+    pub fn around(
+        now: DateTime<Utc>,
+        max_age: std::time::Duration,
+        max_skew: std::time::Duration,
+    ) -> Self {
+        let full = Self::rfc3339();
+        let back = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+        let ahead = chrono::Duration::from_std(max_skew).unwrap_or(chrono::Duration::MAX);
+        Self {
+            earliest: now
+                .checked_sub_signed(back)
+                .map_or(full.earliest, |t| t.max(full.earliest)),
+            latest: now
+                .checked_add_signed(ahead)
+                .map_or(full.latest, |t| t.min(full.latest)),
+            max_age: Some(max_age),
+            max_skew: Some(max_skew),
+        }
+    }
+
+    /// The instant of the window nearest to `t`: what a reader serves for a
+    /// value stored before the window was enforced.
+    pub fn clamp(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        t.clamp(self.earliest, self.latest)
+    }
+
+    /// Whether `t` (named `what` in the message) lies in the window.
+    pub fn check(&self, what: &str, t: DateTime<Utc>) -> Result<(), String> {
+        let when = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        if t > self.latest {
+            return Err(match self.max_skew {
+                Some(skew) => format!(
+                    "{what} {when} is more than {} ahead of the aggregator's clock \
+                     (ingest.max_clock_skew): check the node's clock (NTP)",
+                    crate::config::HumanDuration(skew)
+                ),
+                None => format!("{what} {when} is after 9999-12-31T23:59:59.999Z"),
+            });
+        }
+        if t < self.earliest {
+            return Err(match self.max_age {
+                Some(age) => format!(
+                    "{what} {when} is more than {} old (ingest.max_age): check the node's \
+                     clock (NTP), or raise ingest.max_age to take older recordings",
+                    crate::config::HumanDuration(age)
+                ),
+                None => format!("{what} {when} is before 0000-01-01T00:00:00Z"),
+            });
+        }
+        Ok(())
     }
 }
 
 /// A payload that knows which node sent it and how to check its own fields.
 pub trait Payload: DeserializeOwned {
     fn node_id(&self) -> &str;
-    /// Field range checks beyond what the types enforce.
-    fn check_fields(&self) -> Result<(), String> {
+    /// Field range checks beyond what the types enforce; every timestamp
+    /// must lie in `window`.
+    fn check_fields(&self, window: &TimeWindow) -> Result<(), String> {
+        let _ = window;
         Ok(())
     }
 }
@@ -417,10 +536,22 @@ pub trait Payload: DeserializeOwned {
 ///
 /// Order of checks: size, JSON syntax, `v`, fields present and typed, node id
 /// match, field ranges. The first failure is the reason.
+/// Timestamps are checked against [`TimeWindow::rfc3339`] only; ingest uses
+/// [`decode_within`] with a window around its clock.
 pub fn decode<T: Payload>(
     topic_node_id: &str,
     payload: &[u8],
     max_bytes: usize,
+) -> Result<T, RejectReason> {
+    decode_within(topic_node_id, payload, max_bytes, &TimeWindow::rfc3339())
+}
+
+/// [`decode`], with every timestamp of the payload checked against `window`.
+pub fn decode_within<T: Payload>(
+    topic_node_id: &str,
+    payload: &[u8],
+    max_bytes: usize,
+    window: &TimeWindow,
 ) -> Result<T, RejectReason> {
     if payload.len() > max_bytes {
         return Err(RejectReason::TooLarge {
@@ -440,6 +571,14 @@ pub fn decode<T: Payload>(
         Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
         Some(v) => return Err(RejectReason::UnsupportedVersion(v.to_string())),
     }
+    // No database text type holds U+0000 (PostgreSQL refuses it in text and
+    // jsonb), so a string carrying one would fail in the store on every
+    // retry: refuse it here, whatever field it is in.
+    if let Some(path) = find_nul(&value, &mut String::new()) {
+        return Err(RejectReason::InvalidField(format!(
+            "{path} contains U+0000, which no field may hold"
+        )));
+    }
     let parsed: T = serde_json::from_value(value).map_err(|e| {
         let msg = e.to_string();
         match msg.strip_prefix("missing field `") {
@@ -453,8 +592,45 @@ pub fn decode<T: Payload>(
             payload: parsed.node_id().to_owned(),
         });
     }
-    parsed.check_fields().map_err(RejectReason::InvalidField)?;
+    parsed
+        .check_fields(window)
+        .map_err(RejectReason::InvalidField)?;
     Ok(parsed)
+}
+
+/// The path (`detections[2].label`) of the first string, or object key, that
+/// holds U+0000.
+fn find_nul(value: &serde_json::Value, path: &mut String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
+            "the payload".to_owned()
+        } else {
+            path.clone()
+        }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = find_nul(v, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&k.replace('\0', "\\0"));
+            let found = if k.contains('\0') {
+                Some(path.clone())
+            } else {
+                find_nul(v, path)
+            };
+            path.truncate(len);
+            found
+        }),
+        _ => None,
+    }
 }
 
 fn check_id(what: &str, s: &str) -> Result<(), String> {
@@ -466,21 +642,85 @@ fn check_id(what: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn check_text(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!("{what} is {} bytes, the limit is {max}", s.len()));
+    }
+    Ok(())
+}
+
+/// Integers the store keeps as signed 64-bit (seq, ids, counters).
+fn check_stored(what: &str, n: u64) -> Result<(), String> {
+    if n > MAX_STORED_INTEGER {
+        return Err(format!("{what} {n} is above {MAX_STORED_INTEGER}"));
+    }
+    Ok(())
+}
+
+/// Measurements (fps, percentages, temperatures): finite, `min` or more.
+/// JSON cannot carry infinity, but a number like `1e39` overflows an `f32`
+/// to it, and would be served back as `null`.
+fn check_measure(what: &str, v: f32, min: f32) -> Result<(), String> {
+    if !v.is_finite() || v < min {
+        return Err(format!("{what} {v} must be finite and >= {min}"));
+    }
+    Ok(())
+}
+
+/// What every payload that reports an object shares (detections, tracker
+/// events, snapshots): one check, so no kind is looser than another.
+fn check_object(
+    camera_id: &str,
+    label: &str,
+    score: f32,
+    bbox: [f32; 4],
+    track_id: Option<u64>,
+) -> Result<(), String> {
+    check_id("camera_id", camera_id)?;
+    check_id("label", label)?;
+    if !(0.0..=1.0).contains(&score) {
+        return Err(format!("score {score} is outside [0, 1]"));
+    }
+    let [x1, y1, x2, y2] = bbox;
+    if !bbox.iter().all(|c| c.is_finite()) || x1 > x2 || y1 > y2 {
+        return Err(format!(
+            "bbox {bbox:?} must be finite [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2"
+        ));
+    }
+    if let Some(t) = track_id {
+        check_stored("track_id", t)?;
+    }
+    Ok(())
+}
+
 impl Detection {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, window: &TimeWindow) -> Result<(), String> {
+        check_object(
+            &self.camera_id,
+            &self.label,
+            self.score,
+            self.bbox,
+            self.track_id,
+        )?;
+        if let Some(zone) = &self.zone {
+            check_id("zone", zone)?;
+        }
+        window.check("ts", self.ts)
+    }
+}
+
+impl DetectionCount {
+    fn check(&self, window: &TimeWindow) -> Result<(), String> {
         check_id("camera_id", &self.camera_id)?;
         check_id("label", &self.label)?;
         if let Some(zone) = &self.zone {
             check_id("zone", zone)?;
         }
-        if !(0.0..=1.0).contains(&self.score) {
-            return Err(format!("score {} is outside [0, 1]", self.score));
-        }
-        let [x1, y1, x2, y2] = self.bbox;
-        if !self.bbox.iter().all(|c| c.is_finite()) || x1 > x2 || y1 > y2 {
+        window.check("minute", self.minute)?;
+        if self.count == 0 || self.count > MAX_COUNT_PER_MINUTE {
             return Err(format!(
-                "bbox {:?} must be finite [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2",
-                self.bbox
+                "count {} must be 1..={MAX_COUNT_PER_MINUTE} (what one camera can see of one class in a minute)",
+                self.count
             ));
         }
         Ok(())
@@ -491,7 +731,7 @@ impl Payload for DetectionBatch {
     fn node_id(&self) -> &str {
         &self.node_id
     }
-    fn check_fields(&self) -> Result<(), String> {
+    fn check_fields(&self, window: &TimeWindow) -> Result<(), String> {
         if !is_valid_node_id(&self.node_id) {
             return Err(format!(
                 "node_id {:?} does not match [A-Za-z0-9_-]{{1,64}}",
@@ -504,6 +744,8 @@ impl Payload for DetectionBatch {
         if self.seq == 0 {
             return Err("seq starts at 1".into());
         }
+        check_stored("seq", self.seq)?;
+        window.check("sent_at", self.sent_at)?;
         if self.detections.len() > MAX_DETECTIONS_PER_BATCH {
             return Err(format!(
                 "{} detections in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
@@ -511,12 +753,43 @@ impl Payload for DetectionBatch {
             ));
         }
         for (i, d) in self.detections.iter().enumerate() {
-            d.check().map_err(|e| format!("detections[{i}]: {e}"))?;
+            d.check(window)
+                .map_err(|e| format!("detections[{i}]: {e}"))?;
+        }
+        if self.counts.len() > MAX_DETECTIONS_PER_BATCH {
+            return Err(format!(
+                "{} counts in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
+                self.counts.len()
+            ));
         }
         for (i, c) in self.counts.iter().enumerate() {
-            check_id("camera_id", &c.camera_id)
-                .and_then(|()| check_id("label", &c.label))
-                .map_err(|e| format!("counts[{i}]: {e}"))?;
+            c.check(window).map_err(|e| format!("counts[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl CameraHealth {
+    fn check(&self, window: &TimeWindow) -> Result<(), String> {
+        check_id("camera_id", &self.camera_id)?;
+        check_id("state", &self.state)?;
+        check_measure("fps", self.fps, 0.0)?;
+        check_measure("infer_ms", self.infer_ms, 0.0)?;
+        for (what, n) in [
+            ("frames_total", self.frames_total),
+            ("frames_inferred", self.frames_inferred),
+            ("frames_gated", self.frames_gated),
+            ("frames_dropped", self.frames_dropped),
+            ("decode_errors", self.decode_errors),
+            ("reconnects", self.reconnects),
+        ] {
+            check_stored(what, n)?;
+        }
+        if let Some(e) = &self.last_error {
+            check_text("last_error", e, MAX_TEXT_LEN)?;
+        }
+        if let Some(t) = self.last_frame_at {
+            window.check("last_frame_at", t)?;
         }
         Ok(())
     }
@@ -526,25 +799,82 @@ impl Payload for Heartbeat {
     fn node_id(&self) -> &str {
         &self.node_id
     }
-    fn check_fields(&self) -> Result<(), String> {
-        if !self.cpu_pct.is_finite()
-            || self.cpu_pct < 0.0
-            || !self.fps.is_finite()
-            || self.fps < 0.0
-        {
-            return Err("cpu_pct and fps must be finite and >= 0".into());
+    fn check_fields(&self, window: &TimeWindow) -> Result<(), String> {
+        window.check("ts", self.ts)?;
+        check_measure("cpu_pct", self.cpu_pct, 0.0)?;
+        check_measure("fps", self.fps, 0.0)?;
+        if let Some(t) = self.temperature_c {
+            // Colder than absolute zero is a broken sensor, not a reading.
+            check_measure("temperature_c", t, -273.15)?;
         }
         if self.interval_s == 0 {
             return Err("interval_s must be >= 1".into());
+        }
+        for (what, n) in [
+            ("uptime_s", Some(self.uptime_s)),
+            ("mem_used_bytes", Some(self.mem_used_bytes)),
+            ("mem_total_bytes", Some(self.mem_total_bytes)),
+            ("backlog", Some(self.backlog)),
+            ("disk_free_bytes", self.disk_free_bytes),
+            ("disk_total_bytes", self.disk_total_bytes),
+            ("config_version", self.config_version),
+        ] {
+            if let Some(n) = n {
+                check_stored(what, n)?;
+            }
+        }
+        check_id("version", &self.version)?;
+        if let Some(d) = &self.detector {
+            check_id("detector", d)?;
+        }
+        if let Some(o) = &self.outbox {
+            check_text("outbox.epoch", &o.epoch, MAX_ID_LEN)?;
+            for (what, n) in [
+                ("pending_batches", o.pending_batches),
+                ("pending_bytes", o.pending_bytes),
+                ("max_bytes", o.max_bytes),
+                ("acked_seq", o.acked_seq),
+                ("compacted_detections", o.compacted_detections),
+                ("shed_detections", o.shed_detections),
+            ] {
+                check_stored(&format!("outbox.{what}"), n)?;
+            }
+        }
+        if self.cameras.len() > MAX_CAMERAS_PER_NODE {
+            return Err(format!(
+                "{} cameras, the limit is {MAX_CAMERAS_PER_NODE}",
+                self.cameras.len()
+            ));
+        }
+        for (i, c) in self.cameras.iter().enumerate() {
+            c.check(window).map_err(|e| format!("cameras[{i}]: {e}"))?;
+        }
+        if let Some(r) = &self.config_error {
+            check_id("config_error.code", &r.code)?;
+            check_text("config_error.reason", &r.reason, MAX_TEXT_LEN)?;
+        }
+        if self.config_unknown_cameras.len() > MAX_CAMERAS_PER_NODE {
+            return Err(format!(
+                "{} config_unknown_cameras, the limit is {MAX_CAMERAS_PER_NODE}",
+                self.config_unknown_cameras.len()
+            ));
+        }
+        for c in &self.config_unknown_cameras {
+            check_id("config_unknown_cameras[]", c)?;
         }
         Ok(())
     }
 }
 
 impl TrackEvent {
-    fn check(&self) -> Result<(), String> {
-        check_id("camera_id", &self.camera_id)?;
-        check_id("label", &self.label)?;
+    fn check(&self, window: &TimeWindow) -> Result<(), String> {
+        check_object(
+            &self.camera_id,
+            &self.label,
+            self.score,
+            self.bbox,
+            Some(self.track_id),
+        )?;
         check_id("kind", &self.kind)?;
         if self.id.is_empty() || self.id.len() > 256 || self.track_key.len() > 256 {
             return Err("id and track_key must be 1..=256 bytes".into());
@@ -558,6 +888,34 @@ impl TrackEvent {
                 check_id(what, v)?;
             }
         }
+        if let Some(d) = self.dwell_s {
+            if !d.is_finite() || d < 0.0 {
+                return Err(format!("dwell_s {d} must be finite and >= 0"));
+            }
+        }
+        window.check("ts", self.ts)
+    }
+}
+
+impl LineCount {
+    fn check(&self, sent_at: DateTime<Utc>, window: &TimeWindow) -> Result<(), String> {
+        check_id("camera_id", &self.camera_id)?;
+        check_id("line", &self.line)?;
+        check_id("label", &self.label)?;
+        check_id("direction", &self.direction)?;
+        window.check("since", self.since)?;
+        // A cumulative count grows with the time it has been counting; a
+        // minute of slack covers clocks and the first crossings.
+        let seconds = u64::try_from((sent_at - self.since).num_seconds()).unwrap_or(0) + 60;
+        let most = seconds.saturating_mul(MAX_LINE_CROSSINGS_PER_SECOND);
+        if self.count > most {
+            return Err(format!(
+                "count {} is more than {MAX_LINE_CROSSINGS_PER_SECOND} crossings a second since {}",
+                self.count,
+                self.since
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
         Ok(())
     }
 }
@@ -566,7 +924,8 @@ impl Payload for EventBatch {
     fn node_id(&self) -> &str {
         &self.node_id
     }
-    fn check_fields(&self) -> Result<(), String> {
+    fn check_fields(&self, window: &TimeWindow) -> Result<(), String> {
+        window.check("sent_at", self.sent_at)?;
         if self.events.len() > MAX_DETECTIONS_PER_BATCH {
             return Err(format!(
                 "{} events in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
@@ -574,12 +933,16 @@ impl Payload for EventBatch {
             ));
         }
         for (i, e) in self.events.iter().enumerate() {
-            e.check().map_err(|e| format!("events[{i}]: {e}"))?;
+            e.check(window).map_err(|e| format!("events[{i}]: {e}"))?;
+        }
+        if self.line_counts.len() > MAX_DETECTIONS_PER_BATCH {
+            return Err(format!(
+                "{} line_counts in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
+                self.line_counts.len()
+            ));
         }
         for (i, c) in self.line_counts.iter().enumerate() {
-            check_id("camera_id", &c.camera_id)
-                .and_then(|()| check_id("line", &c.line))
-                .and_then(|()| check_id("label", &c.label))
+            c.check(self.sent_at, window)
                 .map_err(|e| format!("line_counts[{i}]: {e}"))?;
         }
         Ok(())
@@ -590,9 +953,22 @@ impl Payload for Snapshot {
     fn node_id(&self) -> &str {
         &self.node_id
     }
-    fn check_fields(&self) -> Result<(), String> {
-        check_id("camera_id", &self.camera_id)?;
-        check_id("label", &self.label)?;
+    fn check_fields(&self, window: &TimeWindow) -> Result<(), String> {
+        check_object(
+            &self.camera_id,
+            &self.label,
+            self.score,
+            self.bbox,
+            Some(self.track_id),
+        )?;
+        if self.track_key.is_empty()
+            || self.track_key.len() > 256
+            || self.event_id.is_empty()
+            || self.event_id.len() > 256
+        {
+            return Err("track_key and event_id must be 1..=256 bytes".into());
+        }
+        window.check("ts", self.ts)?;
         if self.content_type != "image/jpeg" {
             return Err(format!(
                 "content_type {:?} is not image/jpeg",
@@ -610,6 +986,9 @@ impl Payload for NodeStatus {
     fn node_id(&self) -> &str {
         &self.node_id
     }
+    fn check_fields(&self, window: &TimeWindow) -> Result<(), String> {
+        window.check("ts", self.ts)
+    }
 }
 
 impl Payload for Ack {
@@ -622,7 +1001,10 @@ impl Payload for RemoteConfig {
     fn node_id(&self) -> &str {
         &self.node_id
     }
-    fn check_fields(&self) -> Result<(), String> {
+    fn check_fields(&self, window: &TimeWindow) -> Result<(), String> {
+        if let Some(t) = self.issued_at {
+            window.check("issued_at", t)?;
+        }
         if self.version == 0 {
             return Err("version starts at 1".into());
         }
@@ -940,6 +1322,221 @@ mod tests {
         }
     }
 
+    /// What ingest checks against: a week back, a minute ahead of `now`.
+    fn window(now: DateTime<Utc>) -> TimeWindow {
+        TimeWindow::around(
+            now,
+            std::time::Duration::from_secs(7 * 86_400),
+            std::time::Duration::from_secs(60),
+        )
+    }
+
+    fn refused<T: Payload + std::fmt::Debug>(
+        raw: &serde_json::Value,
+        window: &TimeWindow,
+    ) -> String {
+        let bytes = serde_json::to_vec(raw).expect("json");
+        match decode_within::<T>("gate-01", &bytes, LIMIT, window) {
+            Err(RejectReason::InvalidField(why)) => why,
+            other => panic!("{raw} must be refused as invalid_field, got {other:?}"),
+        }
+    }
+
+    fn accepted<T: Payload + std::fmt::Debug>(raw: &serde_json::Value, window: &TimeWindow) {
+        let bytes = serde_json::to_vec(raw).expect("json");
+        if let Err(e) = decode_within::<T>("gate-01", &bytes, LIMIT, window) {
+            panic!("{raw} must be accepted: {e}");
+        }
+    }
+
+    #[test]
+    fn every_integer_the_store_keeps_signed_is_bounded() {
+        let now = Utc::now();
+        let mut b = sample_batch();
+        b.sent_at = now;
+        b.detections[0].ts = now;
+        let ok = serde_json::to_value(&b).expect("json");
+        let w = window(now);
+        accepted::<DetectionBatch>(&ok, &w);
+        let mut v = ok.clone();
+        v["seq"] = (1u64 << 63).into();
+        assert!(refused::<DetectionBatch>(&v, &w).contains("seq 9223372036854775808 is above"));
+        v["seq"] = MAX_STORED_INTEGER.into();
+        accepted::<DetectionBatch>(&v, &w);
+        let mut v = ok.clone();
+        v["detections"][0]["track_id"] = u64::MAX.into();
+        assert!(refused::<DetectionBatch>(&v, &w).contains("track_id"));
+        // Compacted counts: what a camera can see in a minute, and not zero.
+        for count in [u64::MAX, MAX_COUNT_PER_MINUTE + 1, 0] {
+            let mut v = ok.clone();
+            v["counts"] = serde_json::json!([{"minute": now, "camera_id": "north", "label": "car", "count": count}]);
+            assert!(
+                refused::<DetectionBatch>(&v, &w).contains("counts[0]: count"),
+                "{count}"
+            );
+        }
+        let mut v = ok.clone();
+        v["counts"] = serde_json::json!([{"minute": now, "camera_id": "north", "label": "car", "count": MAX_COUNT_PER_MINUTE}]);
+        accepted::<DetectionBatch>(&v, &w);
+        // Line counts grow with the time they have been counting.
+        let events = |count: u64, since: DateTime<Utc>| {
+            serde_json::json!({"v": 1, "node_id": "gate-01", "sent_at": now, "line_counts": [{
+                "camera_id": "north", "line": "stop", "label": "car", "direction": "left_to_right",
+                "count": count, "since": since}]})
+        };
+        let hour_ago = now - chrono::Duration::hours(1);
+        assert!(
+            refused::<EventBatch>(&events(u64::MAX, hour_ago), &w).contains("crossings a second")
+        );
+        accepted::<EventBatch>(&events(3600, hour_ago), &w);
+    }
+
+    #[test]
+    fn timestamps_outside_the_window_are_refused_and_old_outboxes_still_deliver() {
+        let now: DateTime<Utc> = "2026-12-04T12:00:00Z".parse().expect("now");
+        let w = window(now);
+        let mut b = sample_batch();
+        b.sent_at = now;
+        let at = |ts: &str| {
+            let mut v = serde_json::to_value(&b).expect("json");
+            v["detections"][0]["ts"] = ts.into();
+            v
+        };
+        for (ts, want) in [
+            ("9999-12-31T23:59:59Z", "ahead of the aggregator's clock"),
+            // The offset pushes it past what RFC 3339 can write.
+            (
+                "9999-12-31T23:59:59-05:00",
+                "ahead of the aggregator's clock",
+            ),
+            ("2026-12-04T12:02:00Z", "more than 1m ahead"),
+            ("1970-01-01T00:00:00Z", "more than 7d old (ingest.max_age)"),
+            ("0000-01-01T00:00:00+01:00", "old"),
+        ] {
+            let why = refused::<DetectionBatch>(&at(ts), &w);
+            assert!(
+                why.contains(want) && why.starts_with("detections[0]: ts"),
+                "{ts}: {why}"
+            );
+        }
+        // Six days offline, a few seconds of skew: delivered.
+        for ts in ["2026-11-28T12:00:00Z", "2026-12-04T12:00:30Z"] {
+            accepted::<DetectionBatch>(&at(ts), &w);
+        }
+        // Without a clock only what RFC 3339 cannot write is refused.
+        let bytes = serde_json::to_vec(&at("9999-12-31T23:59:59-05:00")).expect("json");
+        assert_eq!(
+            decode::<DetectionBatch>("gate-01", &bytes, LIMIT).map_err(|e| e.code()),
+            Err("invalid_field")
+        );
+        // Every kind's timestamps go through the same window.
+        let hb = serde_json::json!({"v":1,"node_id":"gate-01","ts":"9999-01-01T00:00:00Z","uptime_s":1,
+            "cpu_pct":1,"mem_used_bytes":1,"mem_total_bytes":2,"backlog":0,"fps":1,"version":"0.1.0"});
+        assert!(refused::<Heartbeat>(&hb, &w).starts_with("ts "));
+        let st = serde_json::json!({"v":1,"node_id":"gate-01","online":true,"ts":"1971-01-01T00:00:00Z"});
+        assert!(refused::<NodeStatus>(&st, &w).starts_with("ts "));
+        let mut v = serde_json::to_value(&b).expect("json");
+        v["detections"][0]["ts"] = now.to_rfc3339().into();
+        v["sent_at"] = "9999-01-01T00:00:00Z".into();
+        assert!(refused::<DetectionBatch>(&v, &w).starts_with("sent_at"));
+        // The window itself never reaches past what RFC 3339 writes.
+        let wide = TimeWindow::around(now, std::time::Duration::MAX, std::time::Duration::MAX);
+        let far = TimeWindow::rfc3339().clamp(now) + chrono::Duration::days(365 * 8000);
+        assert!(wide.check("t", far).is_err());
+        assert_eq!(
+            TimeWindow::rfc3339().clamp(far).to_rfc3339(),
+            "9999-12-31T23:59:59.999+00:00"
+        );
+    }
+
+    #[test]
+    fn events_and_snapshots_are_checked_like_detections() {
+        let now = Utc::now();
+        let w = window(now);
+        let event = serde_json::json!({"id": "r-n-1-1", "ts": now, "camera_id": "north", "track_id": 1,
+            "track_key": "r-n-1", "kind": "appeared", "label": "car", "score": 0.5, "bbox": [1, 2, 3, 4]});
+        let batch = |e: serde_json::Value| serde_json::json!({"v": 1, "node_id": "gate-01", "sent_at": now, "events": [e]});
+        accepted::<EventBatch>(&batch(event.clone()), &w);
+        for (field, value, want) in [
+            (
+                "score",
+                serde_json::json!(1e39),
+                "score inf is outside [0, 1]",
+            ),
+            ("score", serde_json::json!(-0.1), "score -0.1 is outside"),
+            ("bbox", serde_json::json!([10, 0, 5, 1]), "x1 <= x2"),
+            ("track_id", serde_json::json!(u64::MAX), "track_id"),
+            ("ts", serde_json::json!("9999-01-01T00:00:00Z"), "ts "),
+            ("dwell_s", serde_json::json!(-1.0), "dwell_s"),
+        ] {
+            let mut e = event.clone();
+            e[field] = value;
+            let why = refused::<EventBatch>(&batch(e), &w);
+            assert!(
+                why.starts_with("events[0]: ") && why.contains(want),
+                "{field}: {why}"
+            );
+        }
+        let snap = serde_json::json!({"v": 1, "node_id": "gate-01", "camera_id": "north", "track_id": 1,
+            "track_key": "r-n-1", "event_id": "r-n-1-2", "ts": now, "label": "car", "score": 0.5,
+            "bbox": [1, 2, 3, 4], "content_type": "image/jpeg", "jpeg_b64": "/9j/"});
+        accepted::<Snapshot>(&snap, &w);
+        for (field, value) in [
+            ("score", serde_json::json!(1e39)),
+            ("bbox", serde_json::json!([5, 5, 1, 1])),
+            ("ts", serde_json::json!("1970-01-01T00:00:00Z")),
+        ] {
+            let mut s = snap.clone();
+            s[field] = value;
+            refused::<Snapshot>(&s, &w);
+        }
+    }
+
+    #[test]
+    fn floats_that_overflow_and_text_that_no_store_holds_are_refused() {
+        let now = Utc::now();
+        let w = window(now);
+        let hb = serde_json::json!({"v":1,"node_id":"gate-01","ts":now,"uptime_s":1,"cpu_pct":1,
+            "mem_used_bytes":1,"mem_total_bytes":2,"backlog":0,"fps":1,"version":"0.1.0",
+            "cameras":[{"camera_id":"c","state":"streaming","fps":1,"frames_total":5}]});
+        accepted::<Heartbeat>(&hb, &w);
+        for (path, value, want) in [
+            (
+                "/cameras/0/fps",
+                serde_json::json!(1e39),
+                "cameras[0]: fps inf",
+            ),
+            (
+                "/cameras/0/frames_total",
+                serde_json::json!(u64::MAX),
+                "cameras[0]: frames_total",
+            ),
+            ("/fps", serde_json::json!(-1), "fps -1"),
+            ("/uptime_s", serde_json::json!(u64::MAX), "uptime_s"),
+            (
+                "/version",
+                serde_json::json!("v\u{0}1"),
+                "version contains U+0000",
+            ),
+        ] {
+            let mut v = hb.clone();
+            *v.pointer_mut(path).expect(path) = value;
+            let why = refused::<Heartbeat>(&v, &w);
+            assert!(why.contains(want), "{path}: {why}");
+        }
+        let mut v = hb.clone();
+        v["temperature_c"] = serde_json::json!(-300);
+        assert!(refused::<Heartbeat>(&v, &w).contains("temperature_c"));
+        let mut v = hb.clone();
+        v["cameras"][0]["last_error"] = "x".repeat(MAX_TEXT_LEN + 1).into();
+        assert!(refused::<Heartbeat>(&v, &w).contains("last_error is 1025 bytes"));
+        v["cameras"][0]["last_error"] = "a\u{0}b".into();
+        assert_eq!(
+            refused::<Heartbeat>(&v, &w),
+            "cameras[0].last_error contains U+0000, which no field may hold"
+        );
+    }
+
     #[test]
     fn a_thousand_detections_fit_the_default_limit() {
         let mut b = sample_batch();
@@ -969,7 +1566,7 @@ mod tests {
             raw[i] = byte;
             if let Ok(b) = decode::<DetectionBatch>("gate-01", &raw, LIMIT) {
                 // Whatever gets through must still satisfy the invariants.
-                prop_assert!(b.check_fields().is_ok());
+                prop_assert!(b.check_fields(&TimeWindow::rfc3339()).is_ok());
             }
         }
     }

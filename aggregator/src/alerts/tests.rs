@@ -1130,6 +1130,8 @@ async fn line_crossings_fire_through_real_mqtt_ingest() {
             keep_alive: Duration::from_secs(10),
             max_packet_size: 1 << 20,
             group_max_detections: 1000,
+            max_age: Duration::from_secs(365 * 86_400),
+            max_clock_skew: Duration::from_secs(600),
             events: Some(h.state.events.clone()),
             alerts: Some(h.state.alerts.feed()),
             registry: None,

@@ -38,6 +38,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            // The request carried something the database cannot hold (a
+            // value out of range, text with U+0000): the client's to fix.
+            StoreError::Refused(m) => ApiError::Unprocessable(m),
             e => ApiError::Internal(e.to_string()),
         }
     }

@@ -1311,13 +1311,10 @@ async fn track_events_line_counts_and_snapshots_are_served() {
         jpeg_b64: base64::engine::general_purpose::STANDARD.encode(jpeg),
         frame_jpeg_b64: None,
     };
-    s.events
-        .record_snapshot(snap.clone())
-        .await
-        .expect("snapshot");
+    s.events.record_snapshot(&snap).await.expect("snapshot");
     let mut bad = snap;
     bad.jpeg_b64 = "not base64!".into();
-    assert!(s.events.record_snapshot(bad).await.is_err());
+    assert!(s.events.record_snapshot(&bad).await.is_err());
 
     let (status, body) = get(s, "/api/v1/events?node_id=gate-01", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -2738,4 +2735,68 @@ async fn metrics_need_the_metrics_token_when_one_is_set() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(status(state, Some("scrape-me")).await, StatusCode::OK);
+}
+
+/// Counts stored before ingest bounded them (an older aggregator, or one
+/// that trusted its nodes) must not make any statistics query fail.
+#[tokio::test]
+async fn statistics_answer_over_counts_that_overflow_a_sum() {
+    use edgeqi_shared::protocol::{DetectionCount, EventBatch, LineCount};
+    let f = fixture();
+    let s = &f.state;
+    let now = Utc::now();
+    let minute = now - chrono::Duration::minutes(5);
+    for (run, seq) in [(1, 1u64), (2, 2)] {
+        s.store
+            .ingest_batch(&DetectionBatch {
+                v: 1,
+                node_id: "gate-01".into(),
+                epoch: "e".into(),
+                seq,
+                sent_at: now,
+                detections: vec![],
+                counts: vec![DetectionCount {
+                    minute,
+                    camera_id: "north".into(),
+                    zone: None,
+                    class_id: None,
+                    label: "car".into(),
+                    count: u64::MAX,
+                }],
+            })
+            .await
+            .expect("stored");
+        // Two agent runs, each with a huge cumulative line count.
+        s.events
+            .record_events(EventBatch {
+                v: 1,
+                node_id: "gate-01".into(),
+                sent_at: now,
+                events: vec![],
+                line_counts: vec![LineCount {
+                    camera_id: "north".into(),
+                    line: "stop-line".into(),
+                    label: "car".into(),
+                    direction: "left_to_right".into(),
+                    count: u64::MAX,
+                    since: now - chrono::Duration::hours(run),
+                }],
+            })
+            .await
+            .expect("events");
+    }
+    let (status, lines) = get(s, "/api/v1/stats/lines", None).await;
+    assert_eq!(status, StatusCode::OK, "{lines}");
+    assert_eq!(lines["items"][0]["count"], i64::MAX);
+    let since =
+        (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, series) = get(
+        s,
+        &format!("/api/v1/stats/timeseries?since={since}&bucket=1m"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{series}");
+    let (status, body) = get(s, "/api/v1/stats/summary", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::store::component::ComponentDb;
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 
 const COMPONENT: &str = "events";
 
@@ -110,8 +110,10 @@ pub struct EventStore {
     db: ComponentDb,
 }
 
+/// Always a valid RFC 3339 date-time, whatever an older build stored.
 fn ts(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+    edgeqi_shared::protocol::TimeWindow::rfc3339().clamp(t)
 }
 
 impl EventStore {
@@ -186,22 +188,24 @@ impl EventStore {
         .await
     }
 
-    /// Stores a track's snapshot; the JPEG must decode from base64.
-    pub async fn record_snapshot(&self, s: Snapshot) -> Result<(), String> {
+    /// Stores a track's snapshot; the JPEG must decode from base64 (if not,
+    /// [`StoreError::Refused`]: it would never store).
+    pub async fn record_snapshot(&self, s: &Snapshot) -> StoreResult<()> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let jpeg = b64
             .decode(&s.jpeg_b64)
-            .map_err(|e| format!("jpeg_b64 is not base64: {e}"))?;
+            .map_err(|e| StoreError::Refused(format!("jpeg_b64 is not base64: {e}")))?;
         if !jpeg.starts_with(&[0xFF, 0xD8]) {
-            return Err("jpeg_b64 does not hold a JPEG".into());
+            return Err(StoreError::Refused("jpeg_b64 does not hold a JPEG".into()));
         }
-        let frame = match &s.frame_jpeg_b64 {
-            Some(f) => Some(
-                b64.decode(f)
-                    .map_err(|e| format!("frame_jpeg_b64 is not base64: {e}"))?,
-            ),
-            None => None,
-        };
+        let frame =
+            match &s.frame_jpeg_b64 {
+                Some(f) => Some(b64.decode(f).map_err(|e| {
+                    StoreError::Refused(format!("frame_jpeg_b64 is not base64: {e}"))
+                })?),
+                None => None,
+            };
+        let s = s.clone();
         self.with(move |c| {
             c.execute(
                 "INSERT INTO snapshots (track_key, node_id, camera_id, event_id, ts_ms, label, score, jpeg, frame_jpeg)
@@ -213,7 +217,6 @@ impl EventStore {
             Ok(())
         })
         .await
-        .map_err(|e| e.to_string())
     }
 
     pub async fn events(
@@ -309,7 +312,10 @@ impl EventStore {
         self.with(move |c| {
             let nodes = node_ids.map(|n| serde_json::to_string(&n).unwrap_or_else(|_| "[]".into()));
             let mut stmt = c.prepare_cached(
-                "SELECT node_id, camera_id, line, label, direction, SUM(count) FROM line_counts
+                // TOTAL, not SUM: SUM fails the whole query on an integer
+                // overflow; the saturating cast keeps every stored row servable.
+                "SELECT node_id, camera_id, line, label, direction,
+                        CAST(MIN(TOTAL(count), 9223372036854775807.0) AS INTEGER) FROM line_counts
                  WHERE ?1 IS NULL OR node_id IN (SELECT value FROM json_each(?1))
                  GROUP BY node_id, camera_id, line, label, direction ORDER BY node_id, camera_id, line, label, direction",
             )?;
@@ -320,7 +326,7 @@ impl EventStore {
                     line: r.get(2)?,
                     label: r.get(3)?,
                     direction: r.get(4)?,
-                    count: r.get::<_, i64>(5)? as u64,
+                    count: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

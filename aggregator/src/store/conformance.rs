@@ -45,6 +45,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     compacted_counts_are_stored(&*store).await;
     group_commit_stores_each_batch_once(&*store).await;
     timeseries_counts_rows_and_compacted_counts(&*store).await;
+    sums_saturate_instead_of_failing(&*store).await;
+    refused_data_is_not_retryable(&*store).await;
     store.ping().await.expect("ping");
     // Last: it deletes old data.
     retention_deletes_what_the_policy_no_longer_keeps(&*store).await;
@@ -471,6 +473,53 @@ async fn timeseries_counts_rows_and_compacted_counts(s: &dyn Store) {
         .await
         .expect("no nodes")
         .is_empty());
+}
+
+/// Counts stored before ingest bounded them (or by a client that skips
+/// validation) must never make a query fail: sums saturate.
+async fn sums_saturate_instead_of_failing(s: &dyn Store) {
+    let minute = t0() + Duration::minutes(30);
+    for seq in 1..=2 {
+        let mut b = batch("huge", "e", seq, 0);
+        b.counts = vec![DetectionCount {
+            minute,
+            camera_id: "north".into(),
+            zone: None,
+            class_id: None,
+            label: "car".into(),
+            count: u64::MAX,
+        }];
+        s.ingest_batch(&b)
+            .await
+            .expect("stored as the largest count");
+    }
+    let points = s
+        .timeseries(&TimeseriesQuery {
+            since: minute,
+            until: minute + Duration::minutes(1),
+            bucket: std::time::Duration::from_secs(60),
+            by: TimeseriesBy::Label,
+            node_ids: Some(vec!["huge".into()]),
+        })
+        .await
+        .expect("a sum over i64::MAX answers");
+    assert_eq!(points.len(), 1, "{points:?}");
+    assert_eq!(points[0].count, i64::MAX as u64);
+}
+
+/// A value the database cannot hold comes back as a refusal (ingest
+/// dead-letters it), never as an error ingest would retry forever.
+async fn refused_data_is_not_retryable(s: &dyn Store) {
+    let mut b = batch("refused", "e", 1, 1);
+    b.seq = 1 << 63;
+    let err = s.ingest_batch(&b).await.expect_err("seq above i64::MAX");
+    assert!(!err.is_retryable(), "{err}");
+    // Text with U+0000: PostgreSQL refuses it, SQLite keeps it.
+    let mut b = batch("refused", "e", 1, 1);
+    b.detections[0].label = "ca\u{0}r".into();
+    if let Err(e) = s.ingest_batch(&b).await {
+        assert!(!e.is_retryable(), "{e}");
+    }
 }
 
 async fn retention_deletes_what_the_policy_no_longer_keeps(s: &dyn Store) {

@@ -24,6 +24,11 @@ mod conformance;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(String),
+    /// The database refused this data (a constraint, a value out of range,
+    /// text it cannot hold): it would refuse it again on every retry, so the
+    /// payload is dead-lettered instead of retried (see [`StoreError::is_retryable`]).
+    #[error("the database refused the data: {0}")]
+    Refused(String),
     /// The database cannot be reached right now (stopped, network, pool
     /// exhausted): callers retry and stop acknowledging meanwhile.
     #[error("database unavailable: {0}")]
@@ -36,13 +41,37 @@ pub enum StoreError {
     TooNew { found: usize, known: usize },
 }
 
+impl StoreError {
+    /// Whether trying the same call again may succeed: true for errors of the
+    /// database itself (connection, disk full, timeout, lock), false when the
+    /// data is what the database refuses.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, StoreError::Refused(_))
+    }
+}
+
 /// What an operator should do when the disk under the database is full.
 pub const DISK_FULL_ADVICE: &str = "the disk holding the database is full: free space on that volume (or raise the retention) — nothing is acknowledged meanwhile and ingest resumes by itself";
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => {
+        use rusqlite::{Error as E, ErrorCode as C};
+        match &e {
+            // What the data itself causes: the same row fails the same way again.
+            E::ToSqlConversionFailure(_)
+            | E::IntegralValueOutOfRange(..)
+            | E::InvalidColumnType(..)
+            | E::Utf8Error(_)
+            | E::NulError(_) => StoreError::Refused(e.to_string()),
+            E::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    C::ConstraintViolation | C::TooBig | C::TypeMismatch | C::ParameterOutOfRange
+                ) =>
+            {
+                StoreError::Refused(e.to_string())
+            }
+            _ if e.sqlite_error_code() == Some(C::DiskFull) => {
                 StoreError::Database(format!("{DISK_FULL_ADVICE} ({e})"))
             }
             _ => StoreError::Database(e.to_string()),

@@ -204,12 +204,21 @@ fn db_err(e: tokio_postgres::Error) -> StoreError {
         Some(db) if *db.code() == tokio_postgres::error::SqlState::DISK_FULL => {
             StoreError::Database(format!("{}: {}", super::DISK_FULL_ADVICE, db.message()))
         }
-        Some(db) => StoreError::Database(format!(
-            "{}: {}{}",
-            db.severity(),
-            db.message(),
-            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
-        )),
+        Some(db) => {
+            let message = format!(
+                "{}: {}{}",
+                db.severity(),
+                db.message(),
+                db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+            );
+            // SQLSTATE classes of the data, not of the database: 22 data
+            // exception (out of range, bad text), 23 integrity constraint,
+            // 54 program limit (a value or row too big).
+            match db.code().code().get(..2) {
+                Some("22" | "23" | "54") => StoreError::Refused(message),
+                _ => StoreError::Database(message),
+            }
+        }
         None if e.is_closed() => StoreError::Unavailable(format!("connection closed: {e}")),
         None => StoreError::Database(match std::error::Error::source(&e) {
             Some(src) => format!("{e}: {src}"),
@@ -245,7 +254,7 @@ fn trunc_ms(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 fn seq_i64(seq: u64) -> StoreResult<i64> {
-    i64::try_from(seq).map_err(|_| StoreError::Database(format!("seq {seq} out of range")))
+    i64::try_from(seq).map_err(|_| StoreError::Refused(format!("seq {seq} out of range")))
 }
 
 fn day_start(d: NaiveDate) -> DateTime<Utc> {
@@ -835,7 +844,7 @@ impl PgStore {
             .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
             .collect();
         Ok(Summary {
-            detections_total: by_class.values().sum(),
+            detections_total: by_class.values().fold(0u64, |a, n| a.saturating_add(*n)),
             by_class,
             nodes_total: records.len() as u64,
             nodes_online,
@@ -1079,7 +1088,7 @@ impl Store for PgStore {
         // Live rows and compacted per-minute counts, both read through their
         // time index (B-tree on detections.ts, BRIN on counts.minute).
         let sql = format!(
-            "SELECT to_timestamp(floor(extract(epoch FROM t)::float8 / $3::float8) * $3::float8) AS bucket, k, SUM(n)::BIGINT
+            "SELECT to_timestamp(floor(extract(epoch FROM t)::float8 / $3::float8) * $3::float8) AS bucket, k, LEAST(SUM(n), 9223372036854775807)::BIGINT
              FROM (
                 SELECT ts AS t, {key} AS k, 1 AS n FROM detections WHERE ts >= $1 AND ts < $2
                     AND ($4::text[] IS NULL OR node_id = ANY($4))

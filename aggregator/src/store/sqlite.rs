@@ -121,8 +121,11 @@ fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
+/// Rows stored before ingest checked timestamps may hold any instant; what
+/// is served is always a valid RFC 3339 date-time.
 fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+    let t = Utc.timestamp_millis_opt(v).single().unwrap_or_default();
+    edgeqi_shared::protocol::TimeWindow::rfc3339().clamp(t)
 }
 
 impl SqliteStore {
@@ -213,7 +216,7 @@ impl SqliteStore {
                 })?
                 .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()?;
             Ok(Summary {
-                detections_total: by_class.values().sum(),
+                detections_total: by_class.values().fold(0u64, |a, n| a.saturating_add(*n)),
                 by_class,
                 nodes_total,
                 nodes_online,
@@ -276,7 +279,7 @@ fn ingest_group(
 fn ingest(tx: &rusqlite::Transaction<'_>, batch: &DetectionBatch) -> StoreResult<IngestOutcome> {
     let now_ms = ms(Utc::now());
     let seq =
-        i64::try_from(batch.seq).map_err(|_| StoreError::Database("seq out of range".into()))?;
+        i64::try_from(batch.seq).map_err(|_| StoreError::Refused("seq out of range".into()))?;
     let inserted = tx.execute(
         "INSERT INTO batches (node_id, epoch, seq, received_ms, detections, counts)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
@@ -701,9 +704,11 @@ impl Store for SqliteStore {
             .max(1);
         let (since, until) = (ms(q.since), ms(q.until));
         // Live rows through detections_by_time, compacted counts through
-        // detection_counts_by_time.
+        // detection_counts_by_time. TOTAL, not SUM: SUM fails the whole query
+        // on an integer overflow; the saturating cast keeps every stored row
+        // servable (and TOTAL is exact up to 2^53).
         let sql = format!(
-            "SELECT (t / ?3) * ?3 AS bucket, k, SUM(n) FROM (
+            "SELECT (t / ?3) * ?3 AS bucket, k, CAST(MIN(TOTAL(n), 9223372036854775807.0) AS INTEGER) FROM (
                 SELECT ts_ms AS t, {key} AS k, 1 AS n FROM detections WHERE ts_ms >= ?1 AND ts_ms < ?2{nodes}
                 UNION ALL
                 SELECT minute_ms, {key}, count FROM detection_counts WHERE minute_ms >= ?1 AND minute_ms < ?2{nodes}
@@ -729,7 +734,7 @@ impl Store for SqliteStore {
                 Ok(TimeseriesPoint {
                     bucket: from_ms(r.get(0)?),
                     key: r.get(1)?,
-                    count: r.get::<_, i64>(2)? as u64,
+                    count: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -682,7 +682,7 @@ async fn world(base: &AppState) -> (AppState, World) {
             .await
             .expect("events");
         s.events
-            .record_snapshot(Snapshot {
+            .record_snapshot(&Snapshot {
                 v: 1,
                 node_id: "gate-tenant-a".into(),
                 camera_id: "cam-tenant-a".into(),
