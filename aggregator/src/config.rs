@@ -22,6 +22,10 @@ fn default_database_url() -> String {
 fn default_client_id() -> String {
     "edgeqi-aggregator".into()
 }
+/// Three descriptors each: 30,000 of the 65,536 the systemd unit allows.
+const fn default_mqtt_max_connections() -> usize {
+    10_000
+}
 const fn default_keep_alive() -> Duration {
     Duration::from_secs(15)
 }
@@ -111,6 +115,8 @@ pub struct AggregatorConfig {
     pub mqtt_username: Option<String>,
     pub mqtt_password: Option<String>,
     pub mqtt_keep_alive: Duration,
+    /// Client connections the embedded broker's gateway holds at once.
+    pub mqtt_max_connections: usize,
     /// Largest MQTT packet accepted by the broker and the ingest client, and
     /// the payload size limit of ingest.
     pub max_packet_size: usize,
@@ -163,6 +169,7 @@ impl std::fmt::Debug for AggregatorConfig {
             .field("mqtt_username", &self.mqtt_username)
             .field("mqtt_password", &self.mqtt_password.as_ref().map(|_| "***"))
             .field("max_packet_size", &self.max_packet_size)
+            .field("mqtt_max_connections", &self.mqtt_max_connections)
             .field("live_buffer", &self.live_buffer)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("database", &self.database)
@@ -519,6 +526,8 @@ impl AggregatorConfig {
         };
         let photo_decodes = count(&mut doc, "reports.max_concurrent_decodes", 256)
             .unwrap_or_else(crate::incidents::photo::default_concurrency);
+        let mqtt_max_connections = count(&mut doc, "mqtt.max_connections", 1_000_000)
+            .unwrap_or(default_mqtt_max_connections());
         let http_defaults = crate::http_server::HttpLimits::default();
         let http = crate::http_server::HttpLimits {
             header_timeout: span(&mut doc, "http.header_timeout", Duration::from_millis(100))
@@ -551,6 +560,7 @@ impl AggregatorConfig {
             mqtt_username,
             mqtt_password,
             mqtt_keep_alive,
+            mqtt_max_connections,
             max_packet_size,
             live_buffer,
             node_sweep_interval,

@@ -12,6 +12,7 @@
 //! - [`registry`]: cameras per node and the versioned remote config pushed to agents
 //! - [`api`]: REST and WebSocket (axum)
 //! - [`config`]: file, environment and flag handling
+//! - [`fd_budget`]: the descriptor limit, raised and checked against the connection caps
 
 pub mod accounts;
 pub mod alerts;
@@ -19,6 +20,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod events;
+pub mod fd_budget;
 pub mod http_server;
 pub mod incidents;
 pub mod ingest;

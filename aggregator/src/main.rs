@@ -59,9 +59,16 @@ struct Cli {
     log_format: Option<String>,
 }
 
+/// rumqttd's per-connection lines (`disconnected` at ERROR for every client
+/// that goes away, `connection-stop`, …) are off: every connection reaches
+/// rumqttd through the gateway, which logs how each one ended with the
+/// client's address; rumqttd only ever sees loopback. Its router and the
+/// rest stay at warn.
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=off";
+
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().init();
@@ -96,6 +103,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_tracing(&config.log_format);
+    check_descriptors(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -110,6 +118,27 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the descriptor limit and warns when the connection caps do not
+/// fit in it (see [`edgeqi_aggregator::fd_budget`]).
+fn check_descriptors(config: &AggregatorConfig) {
+    use edgeqi_aggregator::fd_budget;
+    let limit = fd_budget::raise_limit();
+    let embedded = matches!(config.broker, BrokerMode::Embedded { .. });
+    let demand = fd_budget::Demand {
+        mqtt_connections: if embedded {
+            config.mqtt_max_connections
+        } else {
+            0
+        },
+        http_connections: config.http.max_connections,
+        database_connections: config.database.max_connections,
+    };
+    match fd_budget::check(&demand, limit) {
+        Ok(()) => tracing::debug!(?limit, needed = demand.descriptors(), "descriptor budget"),
+        Err(why) => tracing::warn!(?limit, "{why}"),
     }
 }
 
@@ -177,6 +206,7 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
                     allow_anonymous: *allow_anonymous,
                     reserved_client_id: config.mqtt_client_id.clone(),
                     max_packet_size: config.max_packet_size,
+                    max_connections: config.mqtt_max_connections,
                 },
                 embedded.clone(),
             );

@@ -33,7 +33,7 @@ use rumqttd::protocol::v4::{self, V4};
 use rumqttd::protocol::{Login, Packet, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Semaphore};
 
 use super::{acl, BrokerError, EmbeddedBroker};
 use crate::accounts::node_credentials::NodeCredentials;
@@ -67,6 +67,9 @@ pub struct Policy {
     pub reserved_client_id: String,
     /// Largest packet accepted (the broker's own limit).
     pub max_packet_size: usize,
+    /// Client connections open at once (`mqtt.max_connections`). Each costs
+    /// three descriptors (the client's socket, ours to rumqttd, rumqttd's).
+    pub max_connections: usize,
 }
 
 /// Why a connection ended early.
@@ -171,7 +174,36 @@ impl Gateway {
             let _ = shutdown.wait_for(|s| *s).await;
         };
         tokio::pin!(stop);
+        // At the cap, stop accepting: new clients wait in the kernel's
+        // backlog (and retry with backoff) instead of taking descriptors
+        // the process needs — out of descriptors, rumqttd's own accept loop
+        // on loopback would spin.
+        let slots = Arc::new(Semaphore::new(self.policy.max_connections.max(1)));
+        let mut at_cap = false;
         loop {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    if !at_cap {
+                        tracing::warn!(
+                            max_connections = self.policy.max_connections,
+                            "MQTT connection cap reached; new clients wait until others close (mqtt.max_connections)"
+                        );
+                        metrics::counter!("edgeqi_mqtt_connection_cap_reached_total").increment(1);
+                        at_cap = true;
+                    }
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => return,
+                        },
+                        () = &mut stop => return,
+                    }
+                }
+            };
+            if slots.available_permits() > 0 {
+                at_cap = false;
+            }
             let accepted = tokio::select! {
                 r = listener.accept() => r,
                 () = &mut stop => return,
@@ -189,6 +221,7 @@ impl Gateway {
             let gateway = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let outcome = match tls {
                     None => gateway.connection(stream).await,
                     Some(acceptor) => {
@@ -509,6 +542,79 @@ mod tests {
             })
             .collect();
         encode(Packet::Subscribe(Subscribe { pkid: 1, filters }, None))
+    }
+
+    fn connect(node: &str, password: &str) -> BytesMut {
+        encode(Packet::Connect(
+            rumqttd::protocol::Connect {
+                keep_alive: 30,
+                client_id: node.to_owned(),
+                clean_session: true,
+            },
+            None,
+            None,
+            None,
+            Some(Login {
+                username: node.to_owned(),
+                password: password.to_owned(),
+            }),
+        ))
+    }
+
+    /// Connects a raw client and sends CONNECT; returns the first byte of
+    /// the answer if one comes within `wait`.
+    async fn connack(stream: &mut TcpStream, wait: Duration) -> Option<u8> {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(wait, stream.read_exact(&mut first)).await {
+            Ok(Ok(_)) => Some(first[0]),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_connection_cap_a_new_client_waits_and_is_served_when_one_leaves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("creds.db").display());
+        let credentials = NodeCredentials::open(&url).expect("credentials");
+        let broker = super::super::start_embedded(1 << 20).expect("broker");
+        let gateway = Gateway::new(
+            Policy {
+                credentials: credentials.clone(),
+                allow_anonymous: false,
+                reserved_client_id: "edgeqi-aggregator".into(),
+                max_packet_size: 1 << 20,
+                max_connections: 2,
+            },
+            broker,
+        );
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(gateway.serve(listener, None, stop_rx));
+        let mut clients = Vec::new();
+        for node in ["n1", "n2", "n3"] {
+            let password = credentials.issue(node).await.expect("issue");
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream
+                .write_all(&connect(node, &password))
+                .await
+                .expect("send CONNECT");
+            clients.push(stream);
+        }
+        let second = Duration::from_secs(1);
+        // CONNACK is packet type 2: 0x20.
+        assert_eq!(connack(&mut clients[0], second * 5).await, Some(0x20));
+        assert_eq!(connack(&mut clients[1], second * 5).await, Some(0x20));
+        // The third is in the kernel's backlog: connected, not answered.
+        assert_eq!(connack(&mut clients[2], second).await, None);
+        drop(clients.remove(0));
+        assert_eq!(
+            connack(&mut clients[1], second * 5).await,
+            Some(0x20),
+            "the waiting client is served once a slot is free"
+        );
     }
 
     #[test]
