@@ -60,7 +60,7 @@ async fn start(poison: &str) -> Running {
     rusqlite::Connection::open(&path)
         .and_then(|c| c.execute_batch(poison))
         .expect("poison the database");
-    let broker = crate::broker::start_embedded(1 << 20).expect("broker");
+    let broker = crate::broker::start_embedded(1 << 20, 64).expect("broker");
     let addr = broker.internal;
     let health = Arc::new(IngestHealth::default());
     let (stop, stop_rx) = watch::channel(false);

@@ -59,12 +59,15 @@ struct Cli {
     log_format: Option<String>,
 }
 
-/// rumqttd's per-connection lines (`disconnected` at ERROR for every client
-/// that goes away, `connection-stop`, …) are off: every connection reaches
+/// rumqttd's per-connection lines (`disconnected` and "no-connection id … is
+/// already gone" at ERROR for every client that goes away, …) are off: its
+/// router has a slot for every client the gateway's cap lets in, and every
+/// connection reaches
 /// rumqttd through the gateway, which logs how each one ended with the
 /// client's address; rumqttd only ever sees loopback. Its router and the
 /// rest stay at warn.
-const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=off";
+const DEFAULT_LOG_FILTER: &str =
+    "info,rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off";
 
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -199,7 +202,8 @@ async fn run(config: AggregatorConfig) -> anyhow::Result<()> {
             tls,
             allow_anonymous,
         } => {
-            let embedded = broker::start_embedded(config.max_packet_size)?;
+            let embedded =
+                broker::start_embedded(config.max_packet_size, config.mqtt_max_connections)?;
             let gateway = broker::gateway::Gateway::new(
                 broker::gateway::Policy {
                     credentials: node_credentials.clone(),

@@ -1112,7 +1112,7 @@ async fn line_crossings_fire_through_real_mqtt_ingest() {
 
     let h = harness().await;
     // rumqttd itself (no gateway): every client logs in with its internal token.
-    let broker = crate::broker::start_embedded(1 << 20).expect("broker");
+    let broker = crate::broker::start_embedded(1 << 20, 64).expect("broker");
     let addr = broker.internal;
     let health = Arc::new(crate::ingest::IngestHealth::default());
     let (_stop, stop_rx) = watch::channel(false);

@@ -153,11 +153,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
 pub struct Gateway {
     policy: Policy,
     broker: EmbeddedBroker,
+    /// One per open client connection, shared by every listener.
+    slots: Arc<Semaphore>,
 }
 
 impl Gateway {
     pub fn new(policy: Policy, broker: EmbeddedBroker) -> Arc<Self> {
-        Arc::new(Self { policy, broker })
+        let slots = Arc::new(Semaphore::new(policy.max_connections.max(1)));
+        Arc::new(Self {
+            policy,
+            broker,
+            slots,
+        })
     }
 
     /// Accepts connections on `listener` until `shutdown` turns true.
@@ -178,7 +185,7 @@ impl Gateway {
         // backlog (and retry with backoff) instead of taking descriptors
         // the process needs — out of descriptors, rumqttd's own accept loop
         // on loopback would spin.
-        let slots = Arc::new(Semaphore::new(self.policy.max_connections.max(1)));
+        let slots = self.slots.clone();
         let mut at_cap = false;
         loop {
             let slot = match slots.clone().try_acquire_owned() {
@@ -576,7 +583,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("creds.db").display());
         let credentials = NodeCredentials::open(&url).expect("credentials");
-        let broker = super::super::start_embedded(1 << 20).expect("broker");
+        let broker = super::super::start_embedded(1 << 20, 64).expect("broker");
         let gateway = Gateway::new(
             Policy {
                 credentials: credentials.clone(),

@@ -63,7 +63,16 @@ fn new_token() -> Arc<str> {
         .into()
 }
 
-fn broker_config(listen: SocketAddr, max_packet_size: usize, token: Arc<str>) -> Config {
+/// Connections rumqttd takes besides the gateway's clients: ingest, and
+/// `process` runs or tests logging in with the token.
+const INTERNAL_CONNECTIONS: usize = 16;
+
+fn broker_config(
+    listen: SocketAddr,
+    max_packet_size: usize,
+    max_clients: usize,
+    token: Arc<str>,
+) -> Config {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: max_packet_size,
@@ -89,7 +98,8 @@ fn broker_config(listen: SocketAddr, max_packet_size: usize, token: Arc<str>) ->
     Config {
         id: 0,
         router: RouterConfig {
-            max_connections: 10_010,
+            // Every client the gateway lets in (its cap) has a slot.
+            max_connections: max_clients + INTERNAL_CONNECTIONS,
             max_outgoing_packet_count: 200,
             // A segment must hold at least one full packet.
             max_segment_size: (max_packet_size * 4).max(16 << 20),
@@ -105,7 +115,11 @@ fn broker_config(listen: SocketAddr, max_packet_size: usize, token: Arc<str>) ->
 
 /// Starts rumqttd on a loopback port on its own thread and returns once it
 /// accepts connections.
-pub fn start_embedded(max_packet_size: usize) -> Result<EmbeddedBroker, BrokerError> {
+/// `max_clients` is the gateway's connection cap (`mqtt.max_connections`).
+pub fn start_embedded(
+    max_packet_size: usize,
+    max_clients: usize,
+) -> Result<EmbeddedBroker, BrokerError> {
     // rumqttd binds by itself and would only log a failure on its thread:
     // take a free loopback port first.
     let any = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
@@ -115,7 +129,12 @@ pub fn start_embedded(max_packet_size: usize) -> Result<EmbeddedBroker, BrokerEr
         .map_err(|source| BrokerError::Bind { addr: any, source })?;
     drop(probe);
     let token = new_token();
-    let mut broker = Broker::new(broker_config(internal, max_packet_size, token.clone()));
+    let mut broker = Broker::new(broker_config(
+        internal,
+        max_packet_size,
+        max_clients,
+        token.clone(),
+    ));
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -140,13 +159,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segments_hold_a_full_packet() {
+    fn segments_hold_a_full_packet_and_every_client_has_a_slot() {
         let c = broker_config(
             "127.0.0.1:1883".parse().expect("addr"),
             64 << 20,
+            50_000,
             "t".into(),
         );
         assert!(c.router.max_segment_size >= 64 << 20);
+        assert_eq!(c.router.max_connections, 50_000 + INTERNAL_CONNECTIONS);
     }
 
     #[test]
