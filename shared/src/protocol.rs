@@ -33,6 +33,11 @@ pub const MAX_COUNT_PER_MINUTE: u64 = 100 * 60 * MAX_DETECTIONS_PER_BATCH as u64
 /// The most crossings one line can count per second of counting (a busy
 /// crossing sees a few); bounds the cumulative `line_counts`.
 pub const MAX_LINE_CROSSINGS_PER_SECOND: u64 = 1000;
+/// The largest class index: stores keep it as a signed 32-bit integer.
+pub const MAX_CLASS_ID: u32 = i32::MAX as u32;
+/// The longest heartbeat interval a node may announce: a day (the node is
+/// offline after three missed intervals, so more would hide a dead node).
+pub const MAX_HEARTBEAT_INTERVAL_S: u32 = 86_400;
 /// Cameras one node may report in a heartbeat.
 pub const MAX_CAMERAS_PER_NODE: usize = 256;
 /// Free text a node sends (a camera's `last_error`, a config rejection).
@@ -672,12 +677,14 @@ fn check_measure(what: &str, v: f32, min: f32) -> Result<(), String> {
 fn check_object(
     camera_id: &str,
     label: &str,
+    class_id: Option<u32>,
     score: f32,
     bbox: [f32; 4],
     track_id: Option<u64>,
 ) -> Result<(), String> {
     check_id("camera_id", camera_id)?;
     check_id("label", label)?;
+    check_class(class_id)?;
     if !(0.0..=1.0).contains(&score) {
         return Err(format!("score {score} is outside [0, 1]"));
     }
@@ -693,11 +700,19 @@ fn check_object(
     Ok(())
 }
 
+fn check_class(class_id: Option<u32>) -> Result<(), String> {
+    match class_id {
+        Some(c) if c > MAX_CLASS_ID => Err(format!("class_id {c} is above {MAX_CLASS_ID}")),
+        _ => Ok(()),
+    }
+}
+
 impl Detection {
     fn check(&self, window: &TimeWindow) -> Result<(), String> {
         check_object(
             &self.camera_id,
             &self.label,
+            self.class_id,
             self.score,
             self.bbox,
             self.track_id,
@@ -713,6 +728,7 @@ impl DetectionCount {
     fn check(&self, window: &TimeWindow) -> Result<(), String> {
         check_id("camera_id", &self.camera_id)?;
         check_id("label", &self.label)?;
+        check_class(self.class_id)?;
         if let Some(zone) = &self.zone {
             check_id("zone", zone)?;
         }
@@ -807,8 +823,11 @@ impl Payload for Heartbeat {
             // Colder than absolute zero is a broken sensor, not a reading.
             check_measure("temperature_c", t, -273.15)?;
         }
-        if self.interval_s == 0 {
-            return Err("interval_s must be >= 1".into());
+        if !(1..=MAX_HEARTBEAT_INTERVAL_S).contains(&self.interval_s) {
+            return Err(format!(
+                "interval_s {} must be 1..={MAX_HEARTBEAT_INTERVAL_S}",
+                self.interval_s
+            ));
         }
         for (what, n) in [
             ("uptime_s", Some(self.uptime_s)),
@@ -871,6 +890,7 @@ impl TrackEvent {
         check_object(
             &self.camera_id,
             &self.label,
+            self.class_id,
             self.score,
             self.bbox,
             Some(self.track_id),
@@ -957,6 +977,7 @@ impl Payload for Snapshot {
         check_object(
             &self.camera_id,
             &self.label,
+            self.class_id,
             self.score,
             self.bbox,
             Some(self.track_id),
@@ -1366,6 +1387,9 @@ mod tests {
         let mut v = ok.clone();
         v["detections"][0]["track_id"] = u64::MAX.into();
         assert!(refused::<DetectionBatch>(&v, &w).contains("track_id"));
+        let mut v = ok.clone();
+        v["detections"][0]["class_id"] = u32::MAX.into();
+        assert!(refused::<DetectionBatch>(&v, &w).contains("class_id 4294967295 is above"));
         // Compacted counts: what a camera can see in a minute, and not zero.
         for count in [u64::MAX, MAX_COUNT_PER_MINUTE + 1, 0] {
             let mut v = ok.clone();
@@ -1497,7 +1521,7 @@ mod tests {
         let now = Utc::now();
         let w = window(now);
         let hb = serde_json::json!({"v":1,"node_id":"gate-01","ts":now,"uptime_s":1,"cpu_pct":1,
-            "mem_used_bytes":1,"mem_total_bytes":2,"backlog":0,"fps":1,"version":"0.1.0",
+            "mem_used_bytes":1,"mem_total_bytes":2,"backlog":0,"fps":1,"version":"0.1.0","interval_s":10,
             "cameras":[{"camera_id":"c","state":"streaming","fps":1,"frames_total":5}]});
         accepted::<Heartbeat>(&hb, &w);
         for (path, value, want) in [
@@ -1513,6 +1537,11 @@ mod tests {
             ),
             ("/fps", serde_json::json!(-1), "fps -1"),
             ("/uptime_s", serde_json::json!(u64::MAX), "uptime_s"),
+            (
+                "/interval_s",
+                serde_json::json!(u32::MAX),
+                "interval_s 4294967295 must be 1..=86400",
+            ),
             (
                 "/version",
                 serde_json::json!("v\u{0}1"),
