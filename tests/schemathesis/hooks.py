@@ -61,6 +61,12 @@ DATA_DEPENDENT = [
     # A name is limited in bytes (it travels in the node's config document);
     # JSON Schema counts characters only.
     (None, 422, "bytes without control characters"),
+    # A review gives `label` (detections) or `objects` (reports) exactly
+    # when its verdict is `relabeled`, and a box has x1 < x2 and y1 < y2:
+    # between fields and between the items of one array.
+    ("POST /api/v1/detections/{id}/review", 422, "exactly when the verdict is relabeled"),
+    ("POST /api/v1/reports/{id}/review", 422, "exactly when the verdict is relabeled"),
+    ("POST /api/v1/reports/{id}/review", 422, "in pixels with x1 < x2 and y1 < y2"),
     # A report's photo must decode as a JPEG or PNG whose header is sane:
     # JSON Schema says nothing about the bytes of a binary field.
     ("POST /api/v1/reports", 422, "photo "),

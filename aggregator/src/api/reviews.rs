@@ -40,6 +40,42 @@ pub struct ReviewRequest {
     note: Option<String>,
 }
 
+/// The body of `POST /api/v1/detections/{id}/review` (documents
+/// [`ReviewRequest`] as a detection takes it). `label` is given exactly when
+/// the verdict is `relabeled`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // describes the JSON shape in the OpenAPI document only
+pub struct DetectionReview {
+    verdict: Verdict,
+    /// The right label (only with `relabeled`): 1-64 characters, not blank,
+    /// no control characters.
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    label: Option<String>,
+    /// At most 2000 characters.
+    #[schema(max_length = 2000)]
+    note: Option<String>,
+}
+
+/// The body of `POST /api/v1/reports/{id}/review` (documents
+/// [`ReviewRequest`] as a report takes it). `objects` is given exactly when
+/// the verdict is `relabeled`; each box has x1 < x2 and y1 < y2.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // describes the JSON shape in the OpenAPI document only
+pub struct ReportReview {
+    verdict: Verdict,
+    /// Every object of the photo as it should be (only with `relabeled`).
+    #[schema(max_items = 1000)]
+    objects: Option<Vec<ReviewedObject>>,
+    /// At most 2000 characters.
+    #[schema(max_length = 2000)]
+    note: Option<String>,
+}
+
 fn check_label(l: &str) -> Result<String, ApiError> {
     let l = l.trim();
     if l.is_empty() || l.chars().count() > 64 || l.chars().any(char::is_control) {
@@ -131,7 +167,7 @@ async fn record(
 /// the latest review is the detection's state.
 #[utoipa::path(post, path = "/detections/{id}/review", tag = "reviews", operation_id = "review_detection",
     security(("jwt" = ["operator"])), params(("id" = i64, Path, description = "detection id")),
-    request_body = ReviewRequest,
+    request_body = DetectionReview,
     responses(
         (status = 200, body = Review),
         (status = 404, description = "no such detection, or another tenant's", body = ErrorBody),
@@ -186,7 +222,7 @@ pub async fn review_detection(
 /// citizen report's detections (operator). Audited.
 #[utoipa::path(post, path = "/reports/{id}/review", tag = "reviews", operation_id = "review_report",
     security(("jwt" = ["operator"])), params(("id" = String, Path, description = "report id (`rpt_…`)", pattern = r"^rpt_[0-9a-f]{1,60}$")),
-    request_body = ReviewRequest,
+    request_body = ReportReview,
     responses(
         (status = 200, body = Review),
         (status = 404, description = "no such report, or another tenant's", body = ErrorBody),

@@ -104,12 +104,38 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewedObject {
-    #[schema(min_length = 1, max_length = 64)]
+    /// 1-64 characters, not blank, no control characters.
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub label: String,
     /// `[x1, y1, x2, y2]` in pixels, x1 < x2 and y1 < y2.
-    #[schema(min_items = 4, max_items = 4)]
+    #[schema(value_type = BboxDoc, inline)]
     pub bbox: [f32; 4],
 }
+
+/// `[x1, y1, x2, y2]`: four pixel coordinates, none negative (the order
+/// x1 < x2, y1 < y2 is checked too).
+#[derive(Debug)]
+pub struct BboxDoc;
+
+impl utoipa::PartialSchema for BboxDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(0.0)),
+            )
+            .min_items(Some(4))
+            .max_items(Some(4))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for BboxDoc {}
 
 /// The current review of one subject.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
