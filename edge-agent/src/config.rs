@@ -419,14 +419,18 @@ impl AgentConfig {
             },
             None => file_hb.map_or_else(default_heartbeat_interval, |d| d.0),
         };
-        // The heartbeat carries the interval in whole seconds.
+        // The heartbeat carries the interval in whole seconds, and the
+        // aggregator refuses heartbeats announcing more than a day.
+        let key = if o.heartbeat_interval.is_some() {
+            FLAG_HEARTBEAT
+        } else {
+            "heartbeat_interval"
+        };
+        let most = u64::from(edgeqi_shared::protocol::MAX_HEARTBEAT_INTERVAL_S);
         if heartbeat_interval < Duration::from_secs(1) {
-            let key = if o.heartbeat_interval.is_some() {
-                FLAG_HEARTBEAT
-            } else {
-                "heartbeat_interval"
-            };
             doc.problem(key, "must be at least 1s");
+        } else if heartbeat_interval > Duration::from_secs(most) {
+            doc.problem(key, format!("must be at most {most}s (a day)"));
         }
 
         let file_log = doc.get::<String>("log_format").and_then(|s| {
@@ -1433,6 +1437,23 @@ uri = "synthetic://"
         let ids: Vec<&str> = c.cameras.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["cam0", "gate"]);
         assert_eq!(c.cameras[1].fps, 5.0);
+    }
+
+    #[test]
+    fn a_heartbeat_interval_the_aggregator_would_refuse_is_a_problem() {
+        for (file, flag) in [("\"2d\"", None), ("\"10s\"", Some("86401s"))] {
+            let err = parse(
+                &format!("heartbeat_interval = {file}\n"),
+                &Overrides {
+                    heartbeat_interval: flag.map(Into::into),
+                    ..Overrides::default()
+                },
+            )
+            .expect_err("more than a day");
+            assert!(err.to_string().contains("must be at most 86400s"), "{err}");
+        }
+        let c = parse("heartbeat_interval = \"1d\"\n", &Overrides::default()).expect("a day");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(86_400));
     }
 
     #[test]
