@@ -654,6 +654,26 @@ fn check_text(what: &str, s: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A list of at most `max` items, each checked; a failure names its place
+/// (`detections[3]: …`).
+fn check_list<T>(
+    what: &str,
+    items: &[T],
+    max: usize,
+    check: impl Fn(&T) -> Result<(), String>,
+) -> Result<(), String> {
+    if items.len() > max {
+        return Err(format!(
+            "{} {what} in one payload, the limit is {max}",
+            items.len()
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        check(item).map_err(|e| format!("{what}[{i}]: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Integers the store keeps as signed 64-bit (seq, ids, counters).
 fn check_stored(what: &str, n: u64) -> Result<(), String> {
     if n > MAX_STORED_INTEGER {
@@ -762,26 +782,15 @@ impl Payload for DetectionBatch {
         }
         check_stored("seq", self.seq)?;
         window.check("sent_at", self.sent_at)?;
-        if self.detections.len() > MAX_DETECTIONS_PER_BATCH {
-            return Err(format!(
-                "{} detections in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
-                self.detections.len()
-            ));
-        }
-        for (i, d) in self.detections.iter().enumerate() {
-            d.check(window)
-                .map_err(|e| format!("detections[{i}]: {e}"))?;
-        }
-        if self.counts.len() > MAX_DETECTIONS_PER_BATCH {
-            return Err(format!(
-                "{} counts in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
-                self.counts.len()
-            ));
-        }
-        for (i, c) in self.counts.iter().enumerate() {
-            c.check(window).map_err(|e| format!("counts[{i}]: {e}"))?;
-        }
-        Ok(())
+        check_list(
+            "detections",
+            &self.detections,
+            MAX_DETECTIONS_PER_BATCH,
+            |d| d.check(window),
+        )?;
+        check_list("counts", &self.counts, MAX_DETECTIONS_PER_BATCH, |c| {
+            c.check(window)
+        })
     }
 }
 
@@ -859,29 +868,19 @@ impl Payload for Heartbeat {
                 check_stored(&format!("outbox.{what}"), n)?;
             }
         }
-        if self.cameras.len() > MAX_CAMERAS_PER_NODE {
-            return Err(format!(
-                "{} cameras, the limit is {MAX_CAMERAS_PER_NODE}",
-                self.cameras.len()
-            ));
-        }
-        for (i, c) in self.cameras.iter().enumerate() {
-            c.check(window).map_err(|e| format!("cameras[{i}]: {e}"))?;
-        }
+        check_list("cameras", &self.cameras, MAX_CAMERAS_PER_NODE, |c| {
+            c.check(window)
+        })?;
         if let Some(r) = &self.config_error {
             check_id("config_error.code", &r.code)?;
             check_text("config_error.reason", &r.reason, MAX_TEXT_LEN)?;
         }
-        if self.config_unknown_cameras.len() > MAX_CAMERAS_PER_NODE {
-            return Err(format!(
-                "{} config_unknown_cameras, the limit is {MAX_CAMERAS_PER_NODE}",
-                self.config_unknown_cameras.len()
-            ));
-        }
-        for c in &self.config_unknown_cameras {
-            check_id("config_unknown_cameras[]", c)?;
-        }
-        Ok(())
+        check_list(
+            "config_unknown_cameras",
+            &self.config_unknown_cameras,
+            MAX_CAMERAS_PER_NODE,
+            |c| check_id("camera id", c),
+        )
     }
 }
 
@@ -946,26 +945,15 @@ impl Payload for EventBatch {
     }
     fn check_fields(&self, window: &TimeWindow) -> Result<(), String> {
         window.check("sent_at", self.sent_at)?;
-        if self.events.len() > MAX_DETECTIONS_PER_BATCH {
-            return Err(format!(
-                "{} events in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
-                self.events.len()
-            ));
-        }
-        for (i, e) in self.events.iter().enumerate() {
-            e.check(window).map_err(|e| format!("events[{i}]: {e}"))?;
-        }
-        if self.line_counts.len() > MAX_DETECTIONS_PER_BATCH {
-            return Err(format!(
-                "{} line_counts in one batch, the limit is {MAX_DETECTIONS_PER_BATCH}",
-                self.line_counts.len()
-            ));
-        }
-        for (i, c) in self.line_counts.iter().enumerate() {
-            c.check(self.sent_at, window)
-                .map_err(|e| format!("line_counts[{i}]: {e}"))?;
-        }
-        Ok(())
+        check_list("events", &self.events, MAX_DETECTIONS_PER_BATCH, |e| {
+            e.check(window)
+        })?;
+        check_list(
+            "line_counts",
+            &self.line_counts,
+            MAX_DETECTIONS_PER_BATCH,
+            |c| c.check(self.sent_at, window),
+        )
     }
 }
 
