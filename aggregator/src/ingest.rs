@@ -273,7 +273,8 @@ impl Worker {
         f: impl for<'a> Fn(&'a [T]) -> BoxFuture<'a, Result<R, StoreError>>,
     ) -> Vec<(std::ops::Range<usize>, Result<R, StoreError>)> {
         let mut done = Vec::new();
-        let mut todo = vec![0..items.len()];
+        let mut todo = Vec::new();
+        todo.push(0..items.len());
         while let Some(range) = todo.pop() {
             if range.is_empty() {
                 continue;

@@ -264,11 +264,11 @@ impl std::fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0.as_millis();
         let secs = self.0.as_secs();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             return write!(f, "{ms}ms");
         }
         for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-            if secs >= n && secs % n == 0 {
+            if secs >= n && secs.is_multiple_of(n) {
                 return write!(f, "{}{unit}", secs / n);
             }
         }
