@@ -9,7 +9,10 @@
 # Usage: `source scripts/lib/schemathesis.sh` (scripts/test does).
 
 _edgeqi_st_setup() {
-  local venv="${CARGO_TARGET_DIR:-target}/schemathesis-venv"
+  # Absolute: the tests run with their package's directory as the cwd.
+  local target="${CARGO_TARGET_DIR:-target}"
+  [[ "$target" = /* ]] || target="$PWD/$target"
+  local venv="$target/schemathesis-venv"
   local req=tests/schemathesis/requirements.txt
   local want
   want=$(grep -E '^schemathesis==' "$req" | head -n 1)
