@@ -176,21 +176,7 @@ mod tests {
             let mut body = kind.to_vec();
             body.extend_from_slice(data);
             out.extend_from_slice(&body);
-            out.extend_from_slice(&crc32(&body).to_be_bytes());
-        }
-        fn crc32(bytes: &[u8]) -> u32 {
-            let mut c = 0xFFFF_FFFFu32;
-            for &b in bytes {
-                c ^= u32::from(b);
-                for _ in 0..8 {
-                    c = if c & 1 != 0 {
-                        0xEDB8_8320 ^ (c >> 1)
-                    } else {
-                        c >> 1
-                    };
-                }
-            }
-            !c
+            out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
         }
         let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
         let mut ihdr = Vec::new();
